@@ -1,0 +1,23 @@
+"""Wiring only: the Chalice app, its middleware and its blueprints.
+
+Every Lambda function (API, jobs, stream consumers) imports this module, so nothing
+here creates a client or does I/O: cold start is a tracked figure (``make bench``).
+"""
+
+from __future__ import annotations
+
+from chalice import Chalice, ConvertToMiddleware
+
+from chalicelib.handlers import jobs, service, streams
+from chalicelib.handlers.middleware import request_envelope
+from chalicelib.observability import logger, metrics
+
+app = Chalice(app_name="anes")
+
+app.register_middleware(ConvertToMiddleware(logger.inject_lambda_context(clear_state=True)))
+app.register_middleware(ConvertToMiddleware(metrics.log_metrics(capture_cold_start_metric=True)))
+app.register_middleware(request_envelope, "http")
+
+app.register_blueprint(service.bp)
+app.register_blueprint(jobs.bp)
+app.register_blueprint(streams.bp)

@@ -1,0 +1,1 @@
+"""The anesthesiologist invitation platform: everything the Lambda functions run."""

@@ -1,0 +1,1 @@
+"""Chalice blueprints: thin routes, the scheduled jobs and the stream consumers."""

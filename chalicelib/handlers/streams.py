@@ -1,0 +1,46 @@
+"""DynamoDB stream consumers.
+
+Each consumer reports failed records with Powertools ``BatchProcessor`` so Lambda (with
+``ReportBatchItemFailures`` on the mapping) or the local event pump redelivers from the
+first failure; consumers are idempotent, since redelivery also repeats later records.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from chalice import Blueprint
+
+from chalicelib import system
+from chalicelib.config import get_settings
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
+    from chalice.app import DynamoDBEvent
+
+bp = Blueprint(__name__)
+
+
+@bp.on_dynamodb_record(
+    stream_arn=get_settings().invitations_stream_arn,
+    name="count_invitation_changes",
+    batch_size=100,
+    # Re-reading is harmless (records are applied once), losing records is not.
+    starting_position="TRIM_HORIZON",
+)
+def count_invitation_changes(event: DynamoDBEvent) -> dict[str, Any]:
+    """Keep the Invitations table's applied INSERT/MODIFY/REMOVE counts."""
+    # The batch utility pulls in asyncio and more; import it only where it runs.
+    from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+
+    table = get_settings().invitations_table
+
+    def apply(record: DynamoDBRecord) -> None:
+        system.apply_stream_record(table, record.raw_event)
+
+    return process_partial_response(
+        event=event.to_dict(),
+        record_handler=apply,
+        processor=BatchProcessor(event_type=EventType.DynamoDBStreams),
+        context=event.context,
+    )

@@ -1,0 +1,80 @@
+"""The Invitations table: invitations and consultations with everything that hangs off them.
+
+Keys (``pk``/``sk``): ``INVITATION#<id>`` holds the invitation (``META``), its chat
+messages (``MESSAGE#<time>#<id>``), review and complaints; ``CAPACITY#<doctor>`` /
+``<date>`` counts what a doctor accepted on a date.
+
+Indexes:
+
+- ``by_requester`` / ``by_doctor``: each side's own invitations, newest first.
+- ``due``: *sparse*; an invitation is in it only while a job must act on it (answer
+  deadline, payment window, hold period), ordered by ``due_at``, so a job reads
+  only what is due, never the table.
+
+The table streams new and old images to the consumers that keep derived data
+(reputation aggregates, change counts).
+"""
+
+from __future__ import annotations
+
+from pynamodb.attributes import DiscriminatorAttribute, UnicodeAttribute
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
+from pynamodb.models import Model
+
+from chalicelib.config import get_settings
+
+
+class ByRequesterIndex(GlobalSecondaryIndex):
+    """A patient's or hospital's own invitations."""
+
+    class Meta:
+        index_name = "by_requester"
+        projection = AllProjection()
+
+    requester_key = UnicodeAttribute(hash_key=True)
+    created_at = UnicodeAttribute(range_key=True)
+
+
+class ByDoctorIndex(GlobalSecondaryIndex):
+    """The invitations a doctor received."""
+
+    class Meta:
+        index_name = "by_doctor"
+        projection = AllProjection()
+
+    doctor_key = UnicodeAttribute(hash_key=True)
+    created_at = UnicodeAttribute(range_key=True)
+
+
+class DueIndex(GlobalSecondaryIndex):
+    """Work a scheduled job must do, by kind of deadline and time due."""
+
+    class Meta:
+        index_name = "due"
+        projection = AllProjection()
+
+    due_queue = UnicodeAttribute(hash_key=True)
+    due_at = UnicodeAttribute(range_key=True)
+
+
+class InvitationsTable(Model):
+    """Base of every item in the Invitations table."""
+
+    class Meta:
+        table_name = get_settings().invitations_table
+        billing_mode = "PAY_PER_REQUEST"
+        stream_view_type = "NEW_AND_OLD_IMAGES"
+
+    pk = UnicodeAttribute(hash_key=True)
+    sk = UnicodeAttribute(range_key=True)
+    item_type = DiscriminatorAttribute(attr_name="type")
+
+    requester_key = UnicodeAttribute(null=True)
+    doctor_key = UnicodeAttribute(null=True)
+    created_at = UnicodeAttribute(null=True)
+    due_queue = UnicodeAttribute(null=True)
+    due_at = UnicodeAttribute(null=True)
+
+    by_requester = ByRequesterIndex()
+    by_doctor = ByDoctorIndex()
+    by_due = DueIndex()

@@ -1,0 +1,65 @@
+"""The Ledger table: the double-entry journal and the payment orders behind it.
+
+Keys (``pk``/``sk``): ``TX#<id>`` / ``TX`` a journal transaction (its entries inside,
+summing to zero); ``ACCOUNT#<account>`` / ``BALANCE`` an account's balance and
+``ACCOUNT#<account>`` / ``ENTRY#<time>#<tx>`` its entries; ``ORDER#<id>`` / ``ORDER``
+a payment, refund or payout order; ``PROVIDER#<channel>#<ref>`` / ``EVENT`` the
+dedupe key of a provider event. Items are appended, never edited, except balances
+and order states, which move only by conditional writes.
+
+Indexes:
+
+- ``work_due``: *sparse*; orders a job must follow up (payouts to send, payments to
+  poll, refunds to retry), by queue and time due.
+- ``by_owner``: a user's orders, newest first.
+"""
+
+from __future__ import annotations
+
+from pynamodb.attributes import DiscriminatorAttribute, UnicodeAttribute
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
+from pynamodb.models import Model
+
+from chalicelib.config import get_settings
+
+
+class WorkDueIndex(GlobalSecondaryIndex):
+    """Orders a job must follow up, by queue and time due."""
+
+    class Meta:
+        index_name = "work_due"
+        projection = AllProjection()
+
+    work_queue = UnicodeAttribute(hash_key=True)
+    due_at = UnicodeAttribute(range_key=True)
+
+
+class ByOwnerIndex(GlobalSecondaryIndex):
+    """A user's payment, refund and payout orders."""
+
+    class Meta:
+        index_name = "by_owner"
+        projection = AllProjection()
+
+    owner_key = UnicodeAttribute(hash_key=True)
+    created_at = UnicodeAttribute(range_key=True)
+
+
+class LedgerTable(Model):
+    """Base of every item in the Ledger table."""
+
+    class Meta:
+        table_name = get_settings().ledger_table
+        billing_mode = "PAY_PER_REQUEST"
+
+    pk = UnicodeAttribute(hash_key=True)
+    sk = UnicodeAttribute(range_key=True)
+    item_type = DiscriminatorAttribute(attr_name="type")
+
+    work_queue = UnicodeAttribute(null=True)
+    due_at = UnicodeAttribute(null=True)
+    owner_key = UnicodeAttribute(null=True)
+    created_at = UnicodeAttribute(null=True)
+
+    by_work_due = WorkDueIndex()
+    by_owner = ByOwnerIndex()
