@@ -1,0 +1,50 @@
+# The two commands: `make run` (the whole product on this machine) and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DEPS := $(VENV)/.deps-installed
+
+.PHONY: run test lint unit integration e2e bench job tables clean
+
+$(DEPS): requirements.txt requirements-dev.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	@touch $@
+
+## run: DynamoDB Local (data in .local/), tables, the API on :8000, the event pump. Ctrl-C stops all.
+run: $(DEPS)
+	@exec $(PY) -m devstack.stack run
+
+## test: lint, then unit, integration and end-to-end tests; stops at the first failure.
+test: lint unit integration e2e
+
+lint: $(DEPS)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+unit: $(DEPS)
+	$(PY) -m pytest tests/unit
+
+integration: $(DEPS)
+	$(PY) -m pytest tests/integration
+
+e2e: $(DEPS)
+	$(PY) -m pytest tests/e2e
+
+## bench: measured figures (cold start, ...); see docs/benchmarks.md.
+bench: $(DEPS)
+	@$(PY) -m scripts.bench
+
+## job NAME=<function>: run one scheduled function now against the running `make run` stack.
+job: $(DEPS)
+	@test -n "$(NAME)" || { echo "usage: make job NAME=<function>, e.g. make job NAME=heartbeat"; exit 2; }
+	@$(PY) -m devstack.stack job "$(NAME)"
+
+## tables: create missing tables in the running DynamoDB Local.
+tables: $(DEPS)
+	@$(PY) -m devstack.stack tables
+
+## clean: remove local data, pump state and caches (keeps the venv and the DynamoDB Local package).
+clean:
+	rm -rf .local/dynamodb .local/pump .pytest_cache .ruff_cache

@@ -1,0 +1,61 @@
+"""``chalice local`` with API Gateway's own errors in the API's error shape.
+
+Deployed stages configure API Gateway's gateway responses (unknown route, denied
+authoriser) to answer in the one error shape; this module makes ``chalice local`` do the
+same, then runs the unchanged ``chalice local`` command.
+
+Run: ``python -m devstack.api_server --stage local --port 8000`` (what ``make run`` does).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+
+from chalice import local
+from chalice.cli import cli
+
+from chalicelib.errors import error_body
+
+_NO_ROUTE_MARKERS = (b"Missing Authentication Token", b"Authorization header requires")
+
+
+def gateway_error(error: local.LocalGatewayException) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers and body of a gateway-made error, in the error shape.
+
+    An unknown route is a 404 ``route_not_found`` (API Gateway's "Missing Authentication
+    Token" 403 is a famously misleading way to say so).
+    """
+    headers = dict(error.headers or {})
+    headers.pop("x-amzn-ErrorType", None)  # the error shape says it, accurately
+    request_id = headers.get("x-amzn-RequestId") or str(uuid.uuid4())
+    raw = error.body or b""
+    if error.CODE == 403 and any(marker in raw for marker in _NO_ROUTE_MARKERS):
+        status, body = 404, error_body("route_not_found", "No such route", "请求的路径不存在", request_id=request_id)
+    elif error.CODE == 403:
+        status, body = 403, error_body("forbidden", "Access denied", "无权访问", request_id=request_id)
+    elif error.CODE == 401:
+        status, body = 401, error_body("unauthorized", "Sign in first", "请先登录", request_id=request_id)
+    else:
+        status, body = (
+            error.CODE,
+            error_body("gateway_error", "The gateway failed", "网关错误", request_id=request_id),
+        )
+    headers["X-Request-Id"] = request_id
+    headers["Content-Type"] = "application/json"
+    return status, headers, json.dumps(body).encode()
+
+
+def _send_error_response(self: local.ChaliceRequestHandler, error: local.LocalGatewayException) -> None:
+    status, headers, body = gateway_error(error)
+    self._send_http_response(status, headers, body)
+
+
+def main(argv: list[str]) -> int:
+    local.ChaliceRequestHandler._send_error_response = _send_error_response
+    return cli.main(args=["local", "--no-autoreload", *argv], prog_name="chalice", obj={}, standalone_mode=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,224 @@
+"""``make run``: the whole product on this machine, stopped as a whole by Ctrl-C.
+
+Starts DynamoDB Local (data on disk), creates the tables from the models, starts the API
+(``chalice local --stage local``) and the event pump, prints what runs where, and waits.
+SIGINT or SIGTERM stops every process it started; so does any of them exiting.
+
+Commands
+--------
+``python -m devstack.stack run``          the stack (``make run``)
+``python -m devstack.stack job NAME``     run one scheduled function now against it (``make job``)
+``python -m devstack.stack tables``       create missing tables in a running DynamoDB Local
+
+Example
+-------
+>>> env = local_environment(ddb_port=8001)
+>>> env["AWS_ENDPOINT_URL_DYNAMODB"]
+'http://127.0.0.1:8001'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from devstack import dynamodb_local
+from devstack.errors import StackError
+from devstack.processes import ProcessGroup, ensure_port_free
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+LOCAL_DIR = PROJECT_DIR / ".local"
+HOST = "127.0.0.1"
+
+
+def stage_environment(stage: str) -> dict[str, str]:
+    """The stage's variables from ``.chalice/config.json``, merged as Chalice merges them."""
+    config = json.loads((PROJECT_DIR / ".chalice" / "config.json").read_text())
+    if stage not in config.get("stages", {}):
+        raise StackError(f"stage {stage!r} is not in .chalice/config.json")
+    return {**config.get("environment_variables", {}), **config["stages"][stage].get("environment_variables", {})}
+
+
+def local_environment(ddb_port: int, base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment that points every AWS SDK in a process at DynamoDB Local."""
+    endpoint = f"http://{HOST}:{ddb_port}"
+    env = dict(os.environ if base is None else base)
+    env.update(
+        {
+            "AWS_ENDPOINT_URL_DYNAMODB": endpoint,
+            "AWS_ENDPOINT_URL_DYNAMODB_STREAMS": endpoint,
+            "AWS_DEFAULT_REGION": env.get("AWS_DEFAULT_REGION", "cn-north-1"),
+            # DynamoDB Local accepts any alphanumeric key; -sharedDb ignores it.
+            "AWS_ACCESS_KEY_ID": "local",
+            "AWS_SECRET_ACCESS_KEY": "local",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.pop("AWS_PROFILE", None)
+    env.pop("AWS_SESSION_TOKEN", None)
+    return env
+
+
+def create_tables(stage: str, ddb_port: int) -> list[str]:
+    """Create the stage's missing tables in DynamoDB Local (in this process)."""
+    os.environ.update(local_environment(ddb_port))
+    os.environ.update(stage_environment(stage))
+    from chalicelib.models import TABLE_MODELS
+    from chalicelib.models.tables import ensure_tables
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return ensure_tables(TABLE_MODELS)
+        except Exception as error:  # DynamoDB Local listens a moment before it serves
+            if time.monotonic() > deadline:
+                raise StackError(f"could not create the tables in DynamoDB Local: {error}") from error
+            time.sleep(0.3)
+
+
+def wait_for_api(port: int, group: ProcessGroup, timeout: float = 60.0) -> None:
+    """Wait until the API answers ``GET /health`` with any HTTP status."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if group.exited():
+            name, status = group.exited()
+            raise StackError(f"{name} exited with status {status} while starting; see its output above")
+        try:
+            with urllib.request.urlopen(f"http://{HOST}:{port}/health", timeout=2):
+                return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise StackError(f"the API did not answer on port {port} within {timeout:.0f} s")
+
+
+def start_stack(args: argparse.Namespace, group: ProcessGroup) -> None:
+    """Start every part; raise StackError (after which the caller stops what started)."""
+    java = dynamodb_local.check_java()
+    ensure_port_free(args.api_port, "the API", "API_PORT")
+    ensure_port_free(args.ddb_port, "DynamoDB Local", "DDB_PORT")
+    jar_dir = dynamodb_local.install(args.install_dir)
+    data_dir = None if args.in_memory else args.data_dir
+    if data_dir is not None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    dynamodb_local.start(group, java, jar_dir, args.ddb_port, data_dir)
+    for line in create_tables(args.stage, args.ddb_port):
+        print(f"[tables] {line}", flush=True)
+    env = local_environment(args.ddb_port)
+    python = sys.executable
+    api = ["-m", "devstack.api_server", "--stage", args.stage, "--host", HOST, "--port", str(args.api_port)]
+    group.start("api", [python, *api], env, cwd=str(PROJECT_DIR))
+    wait_for_api(args.api_port, group)
+    pump = ["-m", "devstack.event_pump", "--stage", args.stage, "--state-dir", str(args.state_dir)]
+    group.start("pump", [python, *pump], env, cwd=str(PROJECT_DIR))
+    storage = "in memory" if data_dir is None else f"data in {data_dir}"
+    print(
+        "\n".join(
+            [
+                "",
+                f"Local stack is up (stage {args.stage}):",
+                f"  API             http://{HOST}:{args.api_port}   (chalice local; GET /health, GET /openapi.json)",
+                f"  DynamoDB Local  http://{HOST}:{args.ddb_port}   ({storage})",
+                f"  event pump      schedules and stream consumers (state in {args.state_dir})",
+                "Press Ctrl-C to stop everything.",
+                "",
+            ]
+        ),
+        flush=True,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    group = ProcessGroup()
+    stop = threading.Event()
+    reason: dict[str, Any] = {}
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        reason.setdefault("signal", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    status = 0
+    parent = os.getppid()
+    try:
+        start_stack(args, group)
+        while not stop.wait(0.5):
+            if os.getppid() != parent:  # whoever started us (make, a shell) is gone
+                break
+            exited = group.exited()
+            if exited:
+                print(f"error: {exited[0]} exited with status {exited[1]}; stopping the stack", file=sys.stderr)
+                status = 1
+                break
+    except StackError as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        status = 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if group.processes:
+            print("stopping: " + ", ".join(reversed(group.processes)), flush=True)
+        group.stop_all()
+    return status
+
+
+def job(args: argparse.Namespace) -> int:
+    from devstack.processes import port_is_open
+
+    if not port_is_open(HOST, args.ddb_port):
+        print(f"error: DynamoDB Local is not running on port {args.ddb_port}; start the stack with `make run`")
+        return 1
+    os.environ.update(local_environment(args.ddb_port))
+    from devstack.event_pump import main as pump_main
+
+    return pump_main(["--stage", args.stage, "--job", args.name])
+
+
+def tables(args: argparse.Namespace) -> int:
+    try:
+        for line in create_tables(args.stage, args.ddb_port):
+            print(line)
+    except StackError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m devstack.stack", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stage", default="local")
+    parser.add_argument("--ddb-port", type=int, default=int(os.environ.get("DDB_PORT", "8001")))
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_parser = commands.add_parser("run", help="start the whole stack")
+    run_parser.add_argument("--api-port", type=int, default=int(os.environ.get("API_PORT", "8000")))
+    run_parser.add_argument("--data-dir", type=Path, default=LOCAL_DIR / "dynamodb")
+    run_parser.add_argument("--in-memory", action="store_true", help="keep DynamoDB Local's data in memory")
+    run_parser.add_argument("--state-dir", type=Path, default=LOCAL_DIR / "pump")
+    run_parser.add_argument("--install-dir", type=Path, default=LOCAL_DIR / "dynamodb-local")
+    run_parser.set_defaults(handler=run)
+    job_parser = commands.add_parser("job", help="run one scheduled function now")
+    job_parser.add_argument("name")
+    job_parser.set_defaults(handler=job)
+    commands.add_parser("tables", help="create missing tables").set_defaults(handler=tables)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
