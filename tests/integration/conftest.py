@@ -1,0 +1,81 @@
+"""Integration tests: the real DynamoDB engine (DynamoDB Local), no mocks.
+
+A session fixture starts DynamoDB Local in memory on a free port (or uses the one named
+by ``TEST_DYNAMODB_ENDPOINT``), and every run gets its own table prefix, so runs never
+see each other's data. The environment is set here, before anything imports the models.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+RUN_PREFIX = f"anes-it-{uuid.uuid4().hex[:8]}"
+os.environ.update(
+    {
+        "STAGE": "local",
+        "TABLE_PREFIX": RUN_PREFIX,
+        "POWERTOOLS_SERVICE_NAME": "anes",
+        "POWERTOOLS_METRICS_NAMESPACE": "Anes",
+        "AWS_DEFAULT_REGION": "cn-north-1",
+        "AWS_ACCESS_KEY_ID": "integration",
+        "AWS_SECRET_ACCESS_KEY": "integration",
+    }
+)
+os.environ.pop("AWS_PROFILE", None)
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from devstack import dynamodb_local
+from devstack.processes import ProcessGroup, free_port
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+
+
+def _point_sdks_at(endpoint: str) -> None:
+    os.environ["AWS_ENDPOINT_URL_DYNAMODB"] = endpoint
+    os.environ["AWS_ENDPOINT_URL_DYNAMODB_STREAMS"] = endpoint
+
+
+@pytest.fixture(scope="session")
+def dynamodb_endpoint() -> Iterator[str]:
+    """DynamoDB Local, started for this session unless one is given."""
+    given = os.environ.get("TEST_DYNAMODB_ENDPOINT")
+    if given:
+        _point_sdks_at(given)
+        yield given
+        return
+    java = dynamodb_local.check_java()
+    jar_dir = dynamodb_local.install(PROJECT_DIR / ".local" / "dynamodb-local")
+    port = free_port()
+    group = ProcessGroup()
+    try:
+        dynamodb_local.start(group, java, jar_dir, port, None)
+        endpoint = f"http://127.0.0.1:{port}"
+        _point_sdks_at(endpoint)
+        yield endpoint
+    finally:
+        group.stop_all()
+
+
+@pytest.fixture(scope="session")
+def tables(dynamodb_endpoint: str) -> list[str]:
+    """Every table of this run, created from the models."""
+    from chalicelib.models import TABLE_MODELS
+    from chalicelib.models.tables import ensure_tables
+
+    return ensure_tables(TABLE_MODELS)
+
+
+@pytest.fixture(scope="session")
+def ddb(dynamodb_endpoint: str):
+    """A plain DynamoDB client, for arranging and inspecting items."""
+    import boto3
+
+    return boto3.client("dynamodb")
