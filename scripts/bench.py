@@ -1,0 +1,88 @@
+"""``make bench``: figures measured on this machine, each next to its reference from the same run.
+
+Cold start: a fresh Python process doing what Lambda's init does (``import app``) against
+the floor app (``scripts/floor_app.py``), run alternately so machine noise hits both alike;
+median of ``--runs`` processes each. Target: app/floor <= 1.3.
+
+Run: ``make bench`` (or ``python -m scripts.bench --runs 15``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+COLD_START_TARGET = 1.3
+
+
+def lambda_like_environment(stage: str = "dev") -> dict[str, str]:
+    """The stage's variables plus what Lambda sets, with no AWS endpoint overrides."""
+    config = json.loads((PROJECT_DIR / ".chalice" / "config.json").read_text())
+    env = {key: value for key, value in os.environ.items() if not key.startswith("AWS_ENDPOINT_URL")}
+    env.update(config.get("environment_variables", {}))
+    env.update(config["stages"][stage].get("environment_variables", {}))
+    env.update(
+        {
+            "AWS_DEFAULT_REGION": "cn-north-1",
+            "AWS_REGION": "cn-north-1",
+            "LAMBDA_TASK_ROOT": str(PROJECT_DIR),
+            "AWS_LAMBDA_FUNCTION_NAME": "anes-dev",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+    )
+    return env
+
+
+def time_import(module: str, path: Path, env: dict[str, str]) -> float:
+    """Wall milliseconds of a fresh interpreter importing ``module`` from ``path``."""
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-c", f"import {module}"],
+        cwd=path,
+        env={**env, "PYTHONPATH": str(path)},
+        check=True,
+    )
+    return (time.perf_counter() - started) * 1000
+
+
+def cold_start(runs: int) -> tuple[float, float]:
+    """Median import milliseconds of the app and of the floor app, measured alternately."""
+    env = lambda_like_environment()
+    time_import("app", PROJECT_DIR, env)  # warm the page cache and bytecode once
+    time_import("floor_app", PROJECT_DIR / "scripts", env)
+    app_times, floor_times = [], []
+    for _ in range(runs):
+        app_times.append(time_import("app", PROJECT_DIR, env))
+        floor_times.append(time_import("floor_app", PROJECT_DIR / "scripts", env))
+    return statistics.median(app_times), statistics.median(floor_times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Measure the project's figures.")
+    parser.add_argument("--runs", type=int, default=15, help="processes per cold-start median (at least 9)")
+    args = parser.parse_args(argv)
+    runs = max(9, args.runs)
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    app_ms, floor_ms = cold_start(runs)
+    ratio = app_ms / floor_ms
+    verdict = "ok" if ratio <= COLD_START_TARGET else "OVER TARGET"
+    print()
+    print("| figure | measured | reference | ratio | target | verdict |")
+    print("|---|---:|---:|---:|---:|---|")
+    print(
+        f"| cold start: import app (median of {runs}) | {app_ms:.1f} ms | floor app {floor_ms:.1f} ms "
+        f"| {ratio:.2f} | <= {COLD_START_TARGET} | {verdict} |"
+    )
+    return 0 if ratio <= COLD_START_TARGET else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
