@@ -5,37 +5,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from chalicelib import system
+from tests.unit.stream_records import stream_record
 
 if TYPE_CHECKING:
     from chalice.test import Client
 
 FUNCTION = "count_invitation_changes"
 TABLE = "anes-unit-invitations"
-STREAM_ARN = "arn:aws-cn:dynamodb:cn-north-1:123456789012:table/anes-unit-invitations/stream/2026-01-01T00:00:00.000"
-
-
-def stream_record(event_id: str, event_name: str, sequence: str) -> dict[str, Any]:
-    """One DynamoDB stream record as Lambda delivers it."""
-    keys = {"pk": {"S": f"INVITATION#{event_id}"}, "sk": {"S": "META"}}
-    change: dict[str, Any] = {
-        "ApproximateCreationDateTime": 1795629341,
-        "Keys": keys,
-        "NewImage": {**keys, "type": {"S": "invitation"}},
-        "SequenceNumber": sequence,
-        "SizeBytes": 10,
-        "StreamViewType": "NEW_AND_OLD_IMAGES",
-    }
-    if event_name == "MODIFY":
-        change["OldImage"] = {**keys, "type": {"S": "invitation"}}
-    return {
-        "eventID": event_id,
-        "eventName": event_name,
-        "eventVersion": "1.1",
-        "eventSource": "aws:dynamodb",
-        "awsRegion": "cn-north-1",
-        "eventSourceARN": STREAM_ARN,
-        "dynamodb": change,
-    }
 
 
 def invoke(client: Client, records: list[dict[str, Any]]) -> Any:
