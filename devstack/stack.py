@@ -90,8 +90,9 @@ def wait_for_api(port: int, group: ProcessGroup, timeout: float = 60.0) -> None:
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if group.exited():
-            name, status = group.exited()
+        exited = group.exited()
+        if exited:
+            name, status = exited
             raise StackError(f"{name} exited with status {status} while starting; see its output above")
         try:
             with urllib.request.urlopen(f"http://{HOST}:{port}/health", timeout=2):
