@@ -63,6 +63,9 @@ def error_body(
     }
 
 
+INTERNAL_ERROR = ("internal_error", "An internal server error occurred.", "服务器内部错误")
+"""Code, message and Chinese message of every 500: nothing more reaches the client."""
+
 # Chalice's own error names (its ``{"Code": ...}`` bodies) → our code and Chinese message.
 CHALICE_ERRORS: dict[str, tuple[str, str]] = {
     "BadRequestError": ("bad_request", "请求无效"),
@@ -100,5 +103,5 @@ def from_chalice_body(body: Any, status: int) -> tuple[str, str, str]:
         code, message_zh = CHALICE_ERRORS[name]
         return code, message or name, message_zh
     if status >= 500:
-        return "internal_error", "An internal server error occurred.", "服务器内部错误"
+        return INTERNAL_ERROR
     return "http_error", message or f"HTTP {status}", "请求失败"

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from chalice.app import Request, Response
 
-from chalicelib.errors import ApiError, error_body, from_chalice_body
+from chalicelib.errors import INTERNAL_ERROR, ApiError, error_body, from_chalice_body
 from chalicelib.observability import logger
 
 if TYPE_CHECKING:
@@ -46,15 +46,7 @@ def request_envelope(request: Request, get_response: Callable[[Request], Respons
         )
     except Exception:
         logger.exception("unhandled error", extra={"path": request.path})
-        response = Response(
-            error_body(
-                "internal_error",
-                "An internal server error occurred.",
-                "服务器内部错误",
-                request_id=request_id,
-            ),
-            status_code=500,
-        )
+        response = Response(error_body(*INTERNAL_ERROR, request_id=request_id), status_code=500)
     if _is_chalice_error(response):
         code, message, message_zh = from_chalice_body(response.body, response.status_code)
         if response.status_code >= 500:
