@@ -1,8 +1,9 @@
 """``chalice local`` with API Gateway's own errors in the API's error shape.
 
-Deployed stages configure API Gateway's gateway responses (unknown route, denied
-authoriser) to answer in the one error shape; this module makes ``chalice local`` do the
-same, then runs the unchanged ``chalice local`` command.
+API Gateway itself answers an unknown route or a denied authoriser; so does the local
+gateway of ``chalice local``. This module gives those answers the one error shape (the
+deployed stages' gateway responses must be configured to match), then runs the unchanged
+``chalice local`` command.
 
 Run: ``python -m devstack.api_server --stage local --port 8000`` (what ``make run`` does).
 """

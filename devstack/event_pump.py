@@ -101,8 +101,8 @@ def lambda_record(record: dict[str, Any], stream_arn: str) -> dict[str, Any]:
 class Checkpoints:
     """Positions per function, stream and shard, written atomically to a JSON file.
 
-    A position is ``{"after": seq}`` (resume after it) or ``{"at": seq}`` (redeliver it);
-    ``{"closed": true}`` marks a shard read to its end.
+    A position is ``{"after": seq}`` (resume after it), ``{"at": seq}`` (redeliver it) or
+    ``{}`` (from the shard's start); ``{"closed": true}`` marks a shard read to its end.
     """
 
     def __init__(self, path: Path) -> None:
@@ -187,9 +187,21 @@ class StreamReader:
             start = {"ExclusiveStartShardId": page["LastEvaluatedShardId"]}
 
     def _start_at_latest(self, streams: Any, checkpoints: Checkpoints, shard: str) -> None:
-        iterator = streams.get_shard_iterator(StreamArn=self.stream_arn, ShardId=shard, ShardIteratorType="LATEST")
-        self.iterators[shard] = iterator["ShardIterator"]
-        checkpoints.set(self.config.name, self.stream_arn, shard, {"latest": True})
+        """Skip what the shard holds now, as a new LATEST mapping does, and remember that position.
+
+        Storing the position (not "LATEST") keeps records written while the pump is down.
+        """
+        request = {"StreamArn": self.stream_arn, "ShardId": shard, "ShardIteratorType": "TRIM_HORIZON"}
+        iterator = streams.get_shard_iterator(**request)["ShardIterator"]
+        last = None
+        while iterator:
+            page = streams.get_records(ShardIterator=iterator, Limit=1000)
+            if not page.get("Records"):
+                break
+            last = page["Records"][-1]["dynamodb"]["SequenceNumber"]
+            iterator = page.get("NextShardIterator")
+        self.iterators[shard] = iterator
+        checkpoints.set(self.config.name, self.stream_arn, shard, {"after": last} if last else {})
 
     def _iterator(self, streams: Any, checkpoints: Checkpoints, shard: str) -> str | None:
         if self.iterators.get(shard):
@@ -199,11 +211,15 @@ class StreamReader:
         kind = next((key for key in _ITERATOR_TYPES if key in position), None)
         if kind:
             request.update(ShardIteratorType=_ITERATOR_TYPES[kind], SequenceNumber=position[kind])
-        elif position.get("latest"):
-            request["ShardIteratorType"] = "LATEST"
         else:
             request["ShardIteratorType"] = "TRIM_HORIZON"
-        self.iterators[shard] = streams.get_shard_iterator(**request)["ShardIterator"]
+        try:
+            self.iterators[shard] = streams.get_shard_iterator(**request)["ShardIterator"]
+        except streams.exceptions.TrimmedDataAccessException:
+            log(f"{self.config.name}: checkpoint in {shard} is past the stream's retention; reading from its start")
+            request.pop("SequenceNumber", None)
+            request["ShardIteratorType"] = "TRIM_HORIZON"
+            self.iterators[shard] = streams.get_shard_iterator(**request)["ShardIterator"]
         return self.iterators[shard]
 
     def _readable(self, shard: str, checkpoints: Checkpoints) -> bool:
@@ -248,7 +264,11 @@ class StreamReader:
             last = records[-1]["dynamodb"]["SequenceNumber"]
             checkpoints.set(name, self.stream_arn, shard, {"after": last})
             return True
-        first_failed = min(failures, key=int)
+        numeric = [failure for failure in failures if isinstance(failure, str) and failure.isdigit()]
+        # Lambda treats a missing or malformed identifier as a failure of the whole batch
+        first_failed = (
+            min(numeric, key=int) if len(numeric) == len(failures) else records[0]["dynamodb"]["SequenceNumber"]
+        )
         retry_from = [record for record in records if int(record["dynamodb"]["SequenceNumber"]) >= int(first_failed)]
         attempt = self.attempts.get(shard, 0) + 1
         self.iterators[shard] = None  # re-read from the checkpoint
@@ -304,11 +324,14 @@ class Pump:
         self.state_dir = state_dir
         self.checkpoints = Checkpoints(state_dir / "checkpoints.json")
         start = time.monotonic()
-        self.tickers = [
-            ScheduleTicker(source, rate_seconds(source.schedule_expression) / speedup, 0.0)
-            for source in app.event_sources
-            if isinstance(source, ScheduledEventConfig)
-        ]
+        self.tickers = []
+        for source in app.event_sources:
+            if not isinstance(source, ScheduledEventConfig):
+                continue
+            try:
+                self.tickers.append(ScheduleTicker(source, rate_seconds(source.schedule_expression) / speedup, 0.0))
+            except StackError as error:
+                log(f"schedule {source.name} not ticked: {error}")
         for ticker in self.tickers:
             ticker.next_due = start + ticker.period
         self.readers = [

@@ -40,6 +40,8 @@ def _die_with_parent() -> None:
 def ensure_port_free(port: int, what: str, setting: str) -> None:
     """Fail with one line when ``port`` is taken (on any interface: DynamoDB Local binds them all)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # as servers do: a TIME-WAIT left by the last run must not count, a listener must
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("0.0.0.0", port))
         except OSError:

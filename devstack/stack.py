@@ -71,25 +71,33 @@ def create_tables(stage: str, ddb_port: int) -> list[str]:
     os.environ.update(local_environment(ddb_port))
     os.environ.update(stage_environment(stage))
     from chalicelib.models import TABLE_MODELS
-    from chalicelib.models.tables import ensure_tables
+    from chalicelib.models.tables import TableDriftError, ensure_tables
 
     deadline = time.monotonic() + 30
     while True:
         try:
             return ensure_tables(TABLE_MODELS)
+        except TableDriftError as error:
+            raise StackError(f"{error}; delete the local data with `make clean` and start again") from error
         except Exception as error:  # DynamoDB Local listens a moment before it serves
             if time.monotonic() > deadline:
                 raise StackError(f"could not create the tables in DynamoDB Local: {error}") from error
             time.sleep(0.3)
 
 
-def wait_for_api(port: int, group: ProcessGroup, timeout: float = 60.0) -> None:
+class StartupInterruptedError(Exception):
+    """Ctrl-C arrived while the stack was starting."""
+
+
+def wait_for_api(port: int, group: ProcessGroup, stop: threading.Event, timeout: float = 60.0) -> None:
     """Wait until the API answers ``GET /health`` with any HTTP status."""
     import urllib.error
     import urllib.request
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if stop.is_set():
+            raise StartupInterruptedError
         exited = group.exited()
         if exited:
             name, status = exited
@@ -104,23 +112,32 @@ def wait_for_api(port: int, group: ProcessGroup, timeout: float = 60.0) -> None:
     raise StackError(f"the API did not answer on port {port} within {timeout:.0f} s")
 
 
-def start_stack(args: argparse.Namespace, group: ProcessGroup) -> None:
-    """Start every part; raise StackError (after which the caller stops what started)."""
+def start_stack(args: argparse.Namespace, group: ProcessGroup, stop: threading.Event) -> None:
+    """Start every part; raise StackError or StartupInterruptedError (the caller then stops what started)."""
+
+    def checkpoint() -> None:
+        if stop.is_set():
+            raise StartupInterruptedError
+
     java = dynamodb_local.check_java()
     ensure_port_free(args.api_port, "the API", "API_PORT")
     ensure_port_free(args.ddb_port, "DynamoDB Local", "DDB_PORT")
     jar_dir = dynamodb_local.install(args.install_dir)
+    checkpoint()
     data_dir = None if args.in_memory else args.data_dir
     if data_dir is not None:
         data_dir.mkdir(parents=True, exist_ok=True)
     dynamodb_local.start(group, java, jar_dir, args.ddb_port, data_dir)
+    checkpoint()
     for line in create_tables(args.stage, args.ddb_port):
         print(f"[tables] {line}", flush=True)
+    checkpoint()
     env = local_environment(args.ddb_port)
     python = sys.executable
     api = ["-m", "devstack.api_server", "--stage", args.stage, "--host", HOST, "--port", str(args.api_port)]
     group.start("api", [python, *api], env, cwd=str(PROJECT_DIR))
-    wait_for_api(args.api_port, group)
+    wait_for_api(args.api_port, group, stop)
+    checkpoint()
     pump = ["-m", "devstack.event_pump", "--stage", args.stage, "--state-dir", str(args.state_dir)]
     group.start("pump", [python, *pump], env, cwd=str(PROJECT_DIR))
     storage = "in memory" if data_dir is None else f"data in {data_dir}"
@@ -154,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
     status = 0
     parent = os.getppid()
     try:
-        start_stack(args, group)
+        start_stack(args, group, stop)
         while not stop.wait(0.5):
             if os.getppid() != parent:  # whoever started us (make, a shell) is gone
                 break
@@ -166,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
     except StackError as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         status = 1
-    except KeyboardInterrupt:
+    except (StartupInterruptedError, KeyboardInterrupt):
         pass
     finally:
         if group.processes:

@@ -31,9 +31,30 @@ def ttl_attribute_name(model: type[Model]) -> str | None:
     return None
 
 
+class TableDriftError(RuntimeError):
+    """An existing table lacks a stream or an index its model declares."""
+
+
+def _check_matches(model: type[Model]) -> None:
+    """Fail when a table kept from an earlier run no longer matches its model."""
+    table = model._get_connection().connection.client.describe_table(TableName=model.Meta.table_name)["Table"]
+    missing = sorted(
+        {index.Meta.index_name for index in model._indexes.values()}
+        - {index["IndexName"] for index in table.get("GlobalSecondaryIndexes", [])}
+    )
+    wants_stream = getattr(model.Meta, "stream_view_type", None)
+    has_stream = table.get("StreamSpecification", {}).get("StreamViewType")
+    problems = [f"missing indexes {', '.join(missing)}"] if missing else []
+    if wants_stream and wants_stream != has_stream:
+        problems.append(f"stream {has_stream or 'off'} instead of {wants_stream}")
+    if problems:
+        raise TableDriftError(f"table {model.Meta.table_name} differs from its model: {'; '.join(problems)}")
+
+
 def _create(model: type[Model]) -> bool:
-    """Create the table and wait for it; False when it already existed."""
+    """Create the table and wait for it; False when it already existed (and still matches its model)."""
     if model.exists():
+        _check_matches(model)
         return False
     try:
         model.create_table(wait=True)

@@ -51,7 +51,14 @@ def project(tmp_path: Path) -> Path:
 class PumpRun:
     """A test app, its pump in a background thread, and what its handlers saw."""
 
-    def __init__(self, project: Path, table: str, behaviour: Behaviour, max_retries: int = 3) -> None:
+    def __init__(
+        self,
+        project: Path,
+        table: str,
+        behaviour: Behaviour,
+        max_retries: int = 3,
+        starting_position: str = "TRIM_HORIZON",
+    ) -> None:
         self.deliveries: list[list[dict[str, Any]]] = []
         self.ticks: list[float] = []
         app = Chalice(app_name="pumptest")
@@ -60,7 +67,7 @@ class PumpRun:
             stream_arn=f"arn:aws:dynamodb:ddblocal:000000000000:table/{table}/stream/latest",
             name="capture",
             batch_size=10,
-            starting_position="TRIM_HORIZON",
+            starting_position=starting_position,
         )
         def capture(event: Any) -> Any:
             records = event.to_dict()["Records"]
@@ -188,3 +195,32 @@ def test_schedules_tick_at_their_sped_up_rate(project: Path, stream_table: str) 
         wait_for(lambda: len(run.ticks) >= 2, timeout=5)
     # THEN it fired about once a second
     assert 0.8 <= run.ticks[1] - run.ticks[0] <= 1.5
+
+
+def test_a_malformed_failure_identifier_redelivers_the_whole_batch(project: Path, stream_table: str, ddb: Any) -> None:
+    answers = iter([{"batchItemFailures": [{"itemIdentifier": ""}]}])
+    for key in ("a", "b"):
+        _put(ddb, stream_table, key)
+    with PumpRun(project, stream_table, lambda records: next(answers, {"batchItemFailures": []})) as run:
+        wait_for(lambda: len(run.delivered_keys()) == 4)
+        time.sleep(0.3)
+    assert run.delivered_keys() == ["a", "b", "a", "b"]
+
+
+def test_a_latest_consumer_keeps_changes_made_while_the_pump_was_down(
+    project: Path, stream_table: str, ddb: Any
+) -> None:
+    ok = lambda records: {"batchItemFailures": []}  # noqa: E731
+    # GIVEN a change from before the consumer existed, which LATEST skips
+    _put(ddb, stream_table, "before")
+    with PumpRun(project, stream_table, ok, starting_position="LATEST") as run:
+        time.sleep(0.5)
+        _put(ddb, stream_table, "during")
+        wait_for(lambda: run.delivered_keys() == ["during"])
+    # WHEN a change happens while the pump is down
+    _put(ddb, stream_table, "while-down")
+    with PumpRun(project, stream_table, ok, starting_position="LATEST") as again:
+        wait_for(lambda: "while-down" in again.delivered_keys())
+        time.sleep(0.3)
+    # THEN the restarted pump delivers it, and only it
+    assert again.delivered_keys() == ["while-down"]

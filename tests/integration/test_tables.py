@@ -41,3 +41,44 @@ def test_ttl_is_on_where_a_model_declares_it(tables: list[str], ddb) -> None:
         ttl = ddb.describe_time_to_live(TableName=name)["TimeToLiveDescription"]
         assert ttl["TimeToLiveStatus"] in ("ENABLED", "ENABLING"), name
         assert ttl["AttributeName"] == attribute
+
+
+def test_a_kept_table_that_no_longer_matches_its_model_is_refused(tables: list[str], ddb) -> None:
+    import uuid
+
+    import pytest
+    from pynamodb.attributes import UnicodeAttribute
+    from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
+    from pynamodb.models import Model
+
+    from chalicelib.models.tables import TableDriftError
+
+    name = f"drift-{uuid.uuid4().hex[:8]}"
+
+    class ByOwner(GlobalSecondaryIndex):
+        class Meta:
+            index_name = "by_owner"
+            projection = AllProjection()
+
+        owner = UnicodeAttribute(hash_key=True)
+
+    class Drifted(Model):
+        class Meta:
+            table_name = name
+            billing_mode = "PAY_PER_REQUEST"
+            stream_view_type = "NEW_AND_OLD_IMAGES"
+
+        pk = UnicodeAttribute(hash_key=True)
+        owner = UnicodeAttribute(null=True)
+        by_owner = ByOwner()
+
+    # GIVEN a table from an earlier run, made before the model gained an index and a stream
+    ddb.create_table(
+        TableName=name,
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    # THEN ensuring the tables says exactly what differs
+    with pytest.raises(TableDriftError, match=r"missing indexes by_owner; stream off instead of NEW_AND_OLD_IMAGES"):
+        ensure_tables([Drifted])
