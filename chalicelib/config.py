@@ -7,7 +7,8 @@ at import time is safe. Nothing else in the code base reads ``os.environ``.
 Example
 -------
 >>> settings = load_settings({"STAGE": "local", "TABLE_PREFIX": "anes-local",
-...     "POWERTOOLS_SERVICE_NAME": "anes", "POWERTOOLS_METRICS_NAMESPACE": "Anes"})
+...     "POWERTOOLS_SERVICE_NAME": "anes", "POWERTOOLS_METRICS_NAMESPACE": "Anes",
+...     "FRONTEND_URL": "http://127.0.0.1:5173", "SECRETS_NAME": "anes/local/keys"})
 >>> settings.users_table
 'anes-local-users'
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
 STAGES = ("local", "dev", "prod")
+WECHAT_MODES = ("sandbox", "live")
+WECHAT_APPS = ("oa", "mp")
+INLINE_KEY_VARIABLES = ("JWT_SIGNING_KEY", "PII_ENCRYPTION_KEY", "LOOKUP_HASH_KEY")
 
 
 class ConfigError(RuntimeError):
@@ -40,6 +44,18 @@ class Settings:
     service_name: str
     metrics_namespace: str
     schedule_speedup: float
+    frontend_url: str = "http://127.0.0.1:5173"
+    wechat_mode: str = "sandbox"
+    wechat_app_ids: dict[str, str] = field(default_factory=lambda: {"oa": "wx-sandbox-oa", "mp": "wx-sandbox-mp"})
+    secrets_name: str = ""
+    inline_keys: dict[str, str] = field(default_factory=dict, repr=False)
+    access_token_seconds: int = 15 * 60
+    refresh_token_seconds: int = 30 * 24 * 3600
+    login_max_failures: int = 5
+    login_window_seconds: int = 15 * 60
+    fee_bounds_fen: dict[str, tuple[int, int]] = field(
+        default_factory=lambda: {"invitation": (10_000, 2_000_000), "consultation": (1_000, 200_000)}
+    )
 
     @property
     def users_table(self) -> str:
@@ -82,6 +98,55 @@ def _positive_float(environ: Mapping[str, str], name: str, default: float) -> fl
     return value
 
 
+def _positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) <= 0:
+        raise ConfigError(f"environment variable {name} must be a positive whole number, got {raw!r}")
+    return int(raw)
+
+
+def _fee_bounds(environ: Mapping[str, str], kind: str, default: tuple[int, int]) -> tuple[int, int]:
+    prefix = kind.upper()
+    low = _positive_int(environ, f"{prefix}_FEE_MIN_FEN", default[0])
+    high = _positive_int(environ, f"{prefix}_FEE_MAX_FEN", default[1])
+    if low > high:
+        raise ConfigError(f"environment variable {prefix}_FEE_MIN_FEN must not exceed {prefix}_FEE_MAX_FEN")
+    return low, high
+
+
+def _wechat(environ: Mapping[str, str], stage: str) -> tuple[str, dict[str, str]]:
+    mode = environ.get("WECHAT_MODE", "").strip() or ("sandbox" if stage == "local" else "live")
+    if mode not in WECHAT_MODES:
+        raise ConfigError(f"environment variable WECHAT_MODE must be sandbox or live, got {mode!r}")
+    if mode == "sandbox":
+        if stage == "prod":
+            raise ConfigError("environment variable WECHAT_MODE=sandbox is refused on the prod stage")
+        return mode, {app: f"wx-sandbox-{app}" for app in WECHAT_APPS}
+    return mode, {app: _required(environ, f"WECHAT_{app.upper()}_APPID") for app in WECHAT_APPS}
+
+
+def _keys(environ: Mapping[str, str], stage: str) -> tuple[str, dict[str, str]]:
+    """Where the signing, encryption and lookup keys come from.
+
+    Deployed stages name a Secrets Manager secret (KMS-encrypted); only the local stage
+    may carry keys in its environment.
+    """
+    secrets_name = environ.get("SECRETS_NAME", "").strip()
+    inline = {name: environ[name].strip() for name in INLINE_KEY_VARIABLES if environ.get(name, "").strip()}
+    if stage != "local":
+        if inline:
+            raise ConfigError(
+                f"environment variable {sorted(inline)[0]} is refused on deployed stages; use SECRETS_NAME"
+            )
+        return _required(environ, "SECRETS_NAME"), {}
+    if not secrets_name:
+        for name in INLINE_KEY_VARIABLES:
+            _required(environ, name)
+    return secrets_name, inline
+
+
 def local_stream_arn(table_name: str) -> str:
     """The stand-in stream ARN of a DynamoDB Local table.
 
@@ -95,6 +160,14 @@ def local_stream_arn(table_name: str) -> str:
     return f"arn:aws:dynamodb:ddblocal:000000000000:table/{table_name}/stream/latest"
 
 
+def _frontend_url(environ: Mapping[str, str], stage: str) -> str:
+    url = _required(environ, "FRONTEND_URL").rstrip("/")
+    allowed = ("https://",) if stage != "local" else ("https://", "http://")
+    if not url.startswith(allowed):
+        raise ConfigError(f"environment variable FRONTEND_URL must start with {' or '.join(allowed)}, got {url!r}")
+    return url
+
+
 def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
     """Read and validate the settings; raise ``ConfigError`` naming the first bad one."""
     stage = _required(environ, "STAGE")
@@ -106,6 +179,8 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         if stage != "local":
             raise ConfigError("environment variable INVITATIONS_STREAM_ARN is required on deployed stages")
         stream_arn = local_stream_arn(f"{table_prefix}-invitations")
+    wechat_mode, wechat_app_ids = _wechat(environ, stage)
+    secrets_name, inline_keys = _keys(environ, stage)
     return Settings(
         stage=stage,
         table_prefix=table_prefix,
@@ -115,6 +190,19 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         # so a missing one must stop the function at import instead.
         metrics_namespace=_required(environ, "POWERTOOLS_METRICS_NAMESPACE"),
         schedule_speedup=_positive_float(environ, "SCHEDULE_SPEEDUP", 1.0),
+        frontend_url=_frontend_url(environ, stage),
+        wechat_mode=wechat_mode,
+        wechat_app_ids=wechat_app_ids,
+        secrets_name=secrets_name,
+        inline_keys=inline_keys,
+        access_token_seconds=60 * _positive_int(environ, "ACCESS_TOKEN_MINUTES", 15),
+        refresh_token_seconds=24 * 3600 * _positive_int(environ, "REFRESH_TOKEN_DAYS", 30),
+        login_max_failures=_positive_int(environ, "LOGIN_MAX_FAILURES", 5),
+        login_window_seconds=60 * _positive_int(environ, "LOGIN_WINDOW_MINUTES", 15),
+        fee_bounds_fen={
+            "invitation": _fee_bounds(environ, "invitation", (10_000, 2_000_000)),
+            "consultation": _fee_bounds(environ, "consultation", (1_000, 200_000)),
+        },
     )
 
 

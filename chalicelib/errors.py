@@ -14,14 +14,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from chalice import ChaliceUnhandledError
 
+class ApiError(Exception):
+    """Raise from a handler or a domain module to answer with the error shape.
 
-class ApiError(ChaliceUnhandledError):
-    """Raise from a handler or service to answer with the error shape.
-
-    It subclasses ``ChaliceUnhandledError`` so Chalice hands it to the middleware
-    untouched instead of turning it into its own ``{"Code", "Message"}`` body.
+    It carries no Chalice type, so domain modules can raise it; the route wrapper
+    (``handlers.access.allow``) hands it to the middleware, which renders it.
 
     >>> ApiError(409, "conflict", "Try again", "请重试").status
     409

@@ -2,7 +2,7 @@
 
 Chalice answers some errors itself (bad JSON, wrong method, unsupported media type, an
 unexpected exception) with a ``{"Code", "Message"}`` body; this middleware rewrites
-those, and turns ``ApiError`` into the same shape, so a client only ever parses one.
+those, and turns ``ApiError`` (escalated by the route wrapper) into the same shape, so a client only ever parses one.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 
 from chalice.app import Request, Response
 
-from chalicelib.errors import INTERNAL_ERROR, ApiError, error_body, from_chalice_body
+from chalicelib.errors import INTERNAL_ERROR, error_body, from_chalice_body
+from chalicelib.handlers.access import EscalatedApiError
 from chalicelib.observability import logger
 
 if TYPE_CHECKING:
@@ -39,7 +40,8 @@ def request_envelope(request: Request, get_response: Callable[[Request], Respons
     logger.set_correlation_id(request_id)
     try:
         response = get_response(request)
-    except ApiError as error:
+    except EscalatedApiError as escalated:
+        error = escalated.error
         response = Response(
             error_body(error.code, error.message, error.message_zh, details=error.details, request_id=request_id),
             status_code=error.status,

@@ -1,8 +1,9 @@
 """The Invitations table: invitations and consultations with everything that hangs off them.
 
 Keys (``pk``/``sk``): ``INVITATION#<id>`` holds the invitation (``META``), its chat
-messages (``MESSAGE#<time>#<id>``), review and complaints; ``CAPACITY#<doctor>`` /
-``<date>`` counts what a doctor accepted on a date.
+messages (``MESSAGE#<time>#<id>``), review and complaints; ``CALENDAR#<doctor>`` /
+``<date>`` is a doctor's day: working or not, the capacity offered for invitations and
+consultations, and how much of it is booked.
 
 Indexes:
 
@@ -17,7 +18,7 @@ The table streams new and old images to the consumers that keep derived data
 
 from __future__ import annotations
 
-from pynamodb.attributes import DiscriminatorAttribute, UnicodeAttribute
+from pynamodb.attributes import BooleanAttribute, DiscriminatorAttribute, NumberAttribute, UnicodeAttribute
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
 from pynamodb.models import Model
 
@@ -78,3 +79,19 @@ class InvitationsTable(Model):
     by_requester = ByRequesterIndex()
     by_doctor = ByDoctorIndex()
     by_due = DueIndex()
+
+
+class CalendarDay(InvitationsTable, discriminator="calendar_day"):
+    """A doctor's day (Asia/Shanghai date): ``CALENDAR#<doctor id>`` / ``<YYYY-MM-DD>``.
+
+    The capacities are the doctor's; the booked counts belong to the invitation flow,
+    which books with a conditional ``booked < capacity`` update, so a day can never be
+    overbooked and the doctor can never lower a capacity below what is booked.
+    """
+
+    working = BooleanAttribute(default=False)
+    invitation_capacity = NumberAttribute(default=0)
+    consultation_capacity = NumberAttribute(default=0)
+    invitations_booked = NumberAttribute(default=0)
+    consultations_booked = NumberAttribute(default=0)
+    updated_at = UnicodeAttribute()

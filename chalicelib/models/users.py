@@ -2,11 +2,16 @@
 
 Keys (single-table design, ``pk``/``sk``):
 
-- ``USER#<id>`` / ``PROFILE``: a patient, doctor, hospital or admin account.
-- ``LOGIN#<kind>#<value>`` / ``LOGIN``: one item per login identifier (phone hash,
+- ``USER#<id>`` / ``PROFILE``: a patient, doctor, hospital or admin account; beside it
+  ``DECISION#<time>`` (verification decisions), ``SESSION#<family>`` (refresh-token
+  families), ``MEMBERSHIP`` and ``MEMBERSHIP#<time>`` (a hospital's VIP record and its history).
+- ``LOGIN#<kind>#<value>`` / ``LOGIN``: one item per login identifier (keyed phone hash,
   WeChat unionid, openid per app). A conditional put makes each identifier unique,
   which a GSI cannot.
-- ``HOSPITAL#<id>`` / ``DIRECTORY``: an institution of the hospital directory.
+- ``REFRESH#<token hash>`` / ``TOKEN``: one refresh token; ``THROTTLE#<key>`` / ``<window>``:
+  failed-login counters (both expire by TTL).
+- ``HOSPITAL#<id>`` / ``DIRECTORY``: an institution of the hospital directory, with its
+  search terms ``TERM#<term>`` beside it.
 - ``SYSTEM#<name>`` / ...: platform records such as job heartbeats and stream counters.
 
 Sparse indexes (an item is in an index only while it carries the index's keys):
@@ -19,7 +24,10 @@ Sparse indexes (an item is in an index only while it carries the index's keys):
 from __future__ import annotations
 
 from pynamodb.attributes import (
+    BooleanAttribute,
     DiscriminatorAttribute,
+    ListAttribute,
+    MapAttribute,
     NumberAttribute,
     TTLAttribute,
     UnicodeAttribute,
@@ -108,3 +116,140 @@ class AppliedStreamRecord(UsersTable, discriminator="applied_stream_record"):
 
     Stream records live 24 h, so the marker expires after two days.
     """
+
+
+class Account(UsersTable, discriminator="account"):
+    """A patient, doctor, hospital or admin: ``USER#<id>`` / ``PROFILE``.
+
+    Phone, ID and licence numbers are stored encrypted (``*_cipher``); the masked phone
+    is kept for display. ``revision`` grows with every write, so each update can be
+    conditional on the version it read. A verified doctor carries the discovery keys
+    (``hospital_key``/``rank_key``, ``catalogue_key``/``catalogue_sort``); an account
+    waiting for review carries ``review_queue``/``submitted_at``.
+    """
+
+    user_id = UnicodeAttribute()
+    role = UnicodeAttribute()
+    revision = NumberAttribute(default=0)
+    created_at = UnicodeAttribute()
+    updated_at = UnicodeAttribute()
+    name = UnicodeAttribute(null=True)
+    phone_cipher = UnicodeAttribute(null=True)
+    phone_masked = UnicodeAttribute(null=True)
+    password_hash = UnicodeAttribute(null=True)
+    wechat_unionid = UnicodeAttribute(null=True)
+    wechat_openids = MapAttribute(null=True)
+    id_number_cipher = UnicodeAttribute(null=True)
+    # doctor
+    hospital_id = UnicodeAttribute(null=True)
+    title = UnicodeAttribute(null=True)
+    introduction = UnicodeAttribute(null=True)
+    specialties = ListAttribute(of=UnicodeAttribute, null=True)
+    invitation_fee = NumberAttribute(null=True)
+    consultation_fee = NumberAttribute(null=True)
+    accepting_dates = ListAttribute(of=UnicodeAttribute, null=True)
+    city = UnicodeAttribute(null=True)
+    star_level = NumberAttribute(default=0)
+    rating_average = NumberAttribute(default=0)
+    rating_count = NumberAttribute(default=0)
+    anesthesia_count = NumberAttribute(default=0)
+    # hospital account
+    contact_name = UnicodeAttribute(null=True)
+    contact_phone_cipher = UnicodeAttribute(null=True)
+    contact_phone_masked = UnicodeAttribute(null=True)
+    # verification (doctors and hospitals)
+    verification_status = UnicodeAttribute(null=True)
+    credentials_cipher = UnicodeAttribute(null=True)
+    rejection_reason = UnicodeAttribute(null=True)
+    verified_at = UnicodeAttribute(null=True)
+
+
+class LoginAlias(UsersTable, discriminator="login_alias"):
+    """One login identifier → its account: ``LOGIN#<kind>#<value>`` / ``LOGIN``."""
+
+    user_id = UnicodeAttribute()
+    created_at = UnicodeAttribute()
+
+
+class LoginThrottle(UsersTable, discriminator="login_throttle"):
+    """Failed logins of one phone in one window: ``THROTTLE#login#<phone hash>`` / ``<window start>``."""
+
+    failures = NumberAttribute(default=0)
+
+
+class RefreshToken(UsersTable, discriminator="refresh_token"):
+    """A refresh token, stored by its hash: ``REFRESH#<sha256>`` / ``TOKEN``. Works once."""
+
+    user_id = UnicodeAttribute()
+    role = UnicodeAttribute()
+    family = UnicodeAttribute()
+    issued_at = UnicodeAttribute()
+    used_at = UnicodeAttribute(null=True)
+
+
+class SessionFamily(UsersTable, discriminator="session_family"):
+    """A chain of rotated refresh tokens: ``USER#<id>`` / ``SESSION#<family>``.
+
+    Presenting a used refresh token revokes the whole family (the token was stolen or
+    replayed), which signs out every device that shares it.
+    """
+
+    created_at = UnicodeAttribute()
+    revoked = BooleanAttribute(default=False)
+
+
+class VerificationDecision(UsersTable, discriminator="verification_decision"):
+    """An admin's decision on a submission: ``USER#<id>`` / ``DECISION#<time>#<admin>``."""
+
+    decision = UnicodeAttribute()
+    reason = UnicodeAttribute(null=True)
+    decided_by = UnicodeAttribute()
+    decided_at = UnicodeAttribute()
+
+
+class Membership(UsersTable, discriminator="membership"):
+    """A hospital's VIP membership: ``USER#<hospital id>`` / ``MEMBERSHIP``; active while ``ends_at`` is ahead."""
+
+    starts_at = UnicodeAttribute()
+    ends_at = UnicodeAttribute()
+    source = UnicodeAttribute()
+    reference = UnicodeAttribute(null=True)
+    updated_by = UnicodeAttribute()
+    updated_at = UnicodeAttribute()
+
+
+class MembershipChange(UsersTable, discriminator="membership_change"):
+    """One change of a membership, kept forever: ``USER#<hospital id>`` / ``MEMBERSHIP#<time>``."""
+
+    ends_at = UnicodeAttribute()
+    source = UnicodeAttribute()
+    reference = UnicodeAttribute(null=True)
+    changed_by = UnicodeAttribute()
+
+
+class Hospital(UsersTable, discriminator="hospital"):
+    """An institution of the directory: ``HOSPITAL#<id>`` / ``DIRECTORY``; listed by city in ``catalogue``."""
+
+    hospital_id = UnicodeAttribute()
+    name = UnicodeAttribute()
+    aliases = ListAttribute(of=UnicodeAttribute, default=list)
+    city = UnicodeAttribute()
+    province = UnicodeAttribute()
+    grade = UnicodeAttribute(null=True)
+    created_at = UnicodeAttribute()
+    created_by = UnicodeAttribute()
+
+
+class HospitalTerm(UsersTable, discriminator="hospital_term"):
+    """One search term of a hospital: ``HOSPITAL#<id>`` / ``TERM#<term>``.
+
+    In ``catalogue`` under ``HTERM#<first character>`` sorted by ``<term>#<id>``, so a
+    prefix query finds hospitals by name, alias, pinyin or initials. It copies the
+    hospital's display fields, so a search needs no second read.
+    """
+
+    hospital_id = UnicodeAttribute()
+    name = UnicodeAttribute()
+    city = UnicodeAttribute()
+    province = UnicodeAttribute()
+    grade = UnicodeAttribute(null=True)

@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 import uuid
 
+from devstack.stack import stage_environment
+
 RUN_PREFIX = f"anes-it-{uuid.uuid4().hex[:8]}"
 os.environ.update(
     {
-        "STAGE": "local",
+        **stage_environment("local"),
         "TABLE_PREFIX": RUN_PREFIX,
-        "POWERTOOLS_SERVICE_NAME": "anes",
-        "POWERTOOLS_METRICS_NAMESPACE": "Anes",
         "AWS_DEFAULT_REGION": "cn-north-1",
         "AWS_ACCESS_KEY_ID": "integration",
         "AWS_SECRET_ACCESS_KEY": "integration",

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 
+from devstack.stack import stage_environment
+
 os.environ.update(
     {
-        "STAGE": "local",
+        **stage_environment("local"),
         "TABLE_PREFIX": "anes-unit",
-        "POWERTOOLS_SERVICE_NAME": "anes",
-        "POWERTOOLS_METRICS_NAMESPACE": "Anes",
         "AWS_DEFAULT_REGION": "cn-north-1",
         "AWS_ACCESS_KEY_ID": "unit",
         "AWS_SECRET_ACCESS_KEY": "unit",

@@ -6,11 +6,25 @@ import pytest
 
 from chalicelib.config import ConfigError, Settings, load_settings, local_stream_arn
 
+KEY = "a2V5LW9mLXRoaXJ0eS10d28tYnl0ZXMtZm9yLXRlc3RzIQ=="  # 32 bytes, base64
 BASE_ENV: dict[str, str] = {
     "STAGE": "local",
     "TABLE_PREFIX": "anes-test",
     "POWERTOOLS_SERVICE_NAME": "anes",
     "POWERTOOLS_METRICS_NAMESPACE": "Anes",
+    "FRONTEND_URL": "http://127.0.0.1:5173/",
+    "JWT_SIGNING_KEY": KEY,
+    "PII_ENCRYPTION_KEY": KEY,
+    "LOOKUP_HASH_KEY": KEY,
+}
+DEPLOYED: dict[str, str | None] = {
+    "JWT_SIGNING_KEY": None,
+    "PII_ENCRYPTION_KEY": None,
+    "LOOKUP_HASH_KEY": None,
+    "SECRETS_NAME": "anes/dev/keys",
+    "FRONTEND_URL": "https://m.example.cn",
+    "WECHAT_OA_APPID": "wx-oa",
+    "WECHAT_MP_APPID": "wx-mp",
 }
 DEV_STREAM_ARN = "arn:aws-cn:dynamodb:cn-north-1:123456789012:table/anes-dev-invitations/stream/2025-01-01T00:00:00.000"
 
@@ -39,6 +53,8 @@ def test_local_settings_carry_the_prefix_and_derive_the_stream_arn() -> None:
         service_name="anes",
         metrics_namespace="Anes",
         schedule_speedup=1.0,
+        frontend_url="http://127.0.0.1:5173",
+        inline_keys={"JWT_SIGNING_KEY": KEY, "PII_ENCRYPTION_KEY": KEY, "LOOKUP_HASH_KEY": KEY},
     )
     assert settings.users_table == "anes-test-users"
     assert settings.invitations_table == "anes-test-invitations"
@@ -64,7 +80,9 @@ def test_an_explicit_stream_arn_is_kept_on_the_local_stage() -> None:
 
 
 def test_deployed_stage_uses_the_given_stream_arn() -> None:
-    settings = load_settings(env(STAGE="dev", TABLE_PREFIX="anes-dev", INVITATIONS_STREAM_ARN=DEV_STREAM_ARN))
+    settings = load_settings(
+        env(STAGE="dev", TABLE_PREFIX="anes-dev", INVITATIONS_STREAM_ARN=DEV_STREAM_ARN, **DEPLOYED)
+    )
 
     assert settings.stage == "dev"
     assert settings.is_local is False
@@ -91,7 +109,7 @@ def test_an_unknown_stage_is_rejected() -> None:
 @pytest.mark.parametrize("stage", ["dev", "prod"])
 def test_a_deployed_stage_without_a_stream_arn_is_rejected(stage: str) -> None:
     with pytest.raises(ConfigError, match="INVITATIONS_STREAM_ARN"):
-        load_settings(env(STAGE=stage))
+        load_settings(env(STAGE=stage, **DEPLOYED))
 
 
 @pytest.mark.parametrize(("raw", "expected"), [("4", 4.0), ("0.5", 0.5), (" 60 ", 60.0), ("", 1.0)])
@@ -121,3 +139,79 @@ def test_schedule_speedup_must_be_finite(raw: str) -> None:
     # A nan speedup makes every schedule period nan, so the event pump would run each job on every tick.
     with pytest.raises(ConfigError, match="SCHEDULE_SPEEDUP"):
         load_settings(env(SCHEDULE_SPEEDUP=raw))
+
+
+# --- identity settings ------------------------------------------------------------------------
+
+
+def deployed(stage: str = "prod", **overrides: str | None) -> dict[str, str]:
+    return env(STAGE=stage, INVITATIONS_STREAM_ARN=DEV_STREAM_ARN, **{**DEPLOYED, **overrides})
+
+
+def test_a_deployed_stage_reads_keys_from_the_named_secret() -> None:
+    settings = load_settings(deployed())
+
+    assert settings.secrets_name == "anes/dev/keys"
+    assert settings.inline_keys == {}
+    assert settings.wechat_mode == "live"
+    assert settings.wechat_app_ids == {"oa": "wx-oa", "mp": "wx-mp"}
+
+
+@pytest.mark.parametrize("name", ["JWT_SIGNING_KEY", "PII_ENCRYPTION_KEY", "LOOKUP_HASH_KEY"])
+def test_inline_keys_are_refused_on_deployed_stages(name: str) -> None:
+    with pytest.raises(ConfigError, match=f"{name} is refused on deployed stages"):
+        load_settings(deployed(**{name: KEY}))
+
+
+def test_a_deployed_stage_needs_a_secret_name() -> None:
+    with pytest.raises(ConfigError, match="SECRETS_NAME"):
+        load_settings(deployed(SECRETS_NAME=None))
+
+
+def test_the_local_stage_needs_keys_when_no_secret_is_named() -> None:
+    with pytest.raises(ConfigError, match="PII_ENCRYPTION_KEY"):
+        load_settings(env(PII_ENCRYPTION_KEY=None))
+
+
+def test_the_sandbox_wechat_is_refused_in_prod() -> None:
+    with pytest.raises(ConfigError, match="WECHAT_MODE=sandbox is refused on the prod stage"):
+        load_settings(deployed(WECHAT_MODE="sandbox"))
+
+
+def test_the_sandbox_wechat_is_allowed_on_dev_and_is_the_local_default() -> None:
+    assert load_settings(deployed("dev", WECHAT_MODE="sandbox")).wechat_mode == "sandbox"
+    assert load_settings(env()).wechat_mode == "sandbox"
+
+
+def test_live_wechat_needs_both_app_ids() -> None:
+    with pytest.raises(ConfigError, match="WECHAT_MP_APPID"):
+        load_settings(deployed(WECHAT_MP_APPID=None))
+
+
+def test_an_unknown_wechat_mode_is_refused() -> None:
+    with pytest.raises(ConfigError, match="WECHAT_MODE must be sandbox or live"):
+        load_settings(env(WECHAT_MODE="mock"))
+
+
+def test_a_deployed_frontend_must_be_https() -> None:
+    with pytest.raises(ConfigError, match="FRONTEND_URL must start with https://"):
+        load_settings(deployed(FRONTEND_URL="http://m.example.cn"))
+
+
+def test_fee_bounds_are_read_and_checked() -> None:
+    settings = load_settings(env(INVITATION_FEE_MIN_FEN="500", INVITATION_FEE_MAX_FEN="900"))
+    assert settings.fee_bounds_fen["invitation"] == (500, 900)
+
+    with pytest.raises(ConfigError, match="INVITATION_FEE_MIN_FEN must not exceed"):
+        load_settings(env(INVITATION_FEE_MIN_FEN="901", INVITATION_FEE_MAX_FEN="900"))
+    with pytest.raises(ConfigError, match="CONSULTATION_FEE_MAX_FEN must be a positive whole number"):
+        load_settings(env(CONSULTATION_FEE_MAX_FEN="12.5"))
+
+
+def test_token_lifetimes_and_login_limits_are_read() -> None:
+    settings = load_settings(env(ACCESS_TOKEN_MINUTES="5", REFRESH_TOKEN_DAYS="2", LOGIN_MAX_FAILURES="3"))
+
+    assert settings.access_token_seconds == 300
+    assert settings.refresh_token_seconds == 2 * 86400
+    assert settings.login_max_failures == 3
+    assert settings.login_window_seconds == 900

@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from chalice import BadRequestError, Chalice, ChaliceUnhandledError, Response
+from chalice import BadRequestError, Blueprint, Chalice, ChaliceUnhandledError, Response
 from chalice.local import ForbiddenError, NotAuthorizedError
 from chalice.test import Client
 
+from chalicelib.accounts.roles import ANON
 from chalicelib.errors import CHALICE_ERRORS, ApiError, from_chalice_body
+from chalicelib.handlers.access import route
 from chalicelib.handlers.middleware import REQUEST_ID_HEADER, request_envelope
 from devstack.api_server import gateway_error
 
@@ -30,11 +32,21 @@ CONFLICT_ZH = "\u9080\u7d04\u5df2\u8b8a\u66f4"  # Chinese text, escaped so no to
 
 app = Chalice(app_name="t")
 app.register_middleware(request_envelope, "http")
+bp = Blueprint(__name__)
 
 
-@app.route("/conflict", methods=["GET"])
+@route(bp, "/conflict", methods=["GET"], roles=[ANON])
 def conflict() -> dict[str, Any]:
     raise ApiError(409, "conflict", "Invitation changed meanwhile", CONFLICT_ZH, details={"version": 3})
+
+
+@app.route("/unwrapped-api-error", methods=["GET"])
+def unwrapped_api_error() -> dict[str, Any]:
+    # a route registered without roles: its ApiError cannot reach the client as such
+    raise ApiError(409, "conflict", "secret-internal-detail", CONFLICT_ZH)
+
+
+app.register_blueprint(bp)
 
 
 @app.route("/bad", methods=["GET"])
@@ -116,6 +128,14 @@ def test_api_error_becomes_the_error_shape(client: Client) -> None:
         "details": {"version": 3},
         "request_id": response.headers[REQUEST_ID_HEADER],
     }
+
+
+def test_an_api_error_outside_a_declared_route_is_a_500_without_internals(client: Client) -> None:
+    response = client.http.get("/unwrapped-api-error")
+
+    assert response.status_code == 500
+    assert error_of(response)["code"] == "internal_error"
+    assert b"secret-internal-detail" not in response.body
 
 
 def test_chalice_view_error_becomes_the_error_shape(client: Client) -> None:

@@ -1,0 +1,1 @@
+"""Accounts: identities, tokens, profiles, verification and memberships (no Chalice here)."""

@@ -1,0 +1,94 @@
+"""VIP memberships of hospital accounts (M-g): active while the end date is ahead.
+
+This issue's admins grant or end one by contract; the payment flow will extend the same
+record on purchase. Every change is also kept as a ``MembershipChange``.
+
+Example
+-------
+>>> is_active("u-hospital", utc_now())  # doctest: +SKIP
+False
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from pynamodb.exceptions import DoesNotExist
+from pynamodb.transactions import TransactWrite
+
+from chalicelib.accounts.roles import HOSPITAL, Principal
+from chalicelib.clock import iso, start_of_shanghai_day
+from chalicelib.errors import ApiError
+from chalicelib.models.users import Account, Membership, MembershipChange, UsersTable
+
+
+def _membership(user_id: str) -> Membership | None:
+    try:
+        return Membership.get(f"USER#{user_id}", "MEMBERSHIP")
+    except DoesNotExist:
+        return None
+
+
+def is_active(user_id: str, now: datetime) -> bool:
+    """Whether the hospital account ``user_id`` has a membership that has not ended."""
+    membership = _membership(user_id)
+    return membership is not None and membership.ends_at > iso(now)
+
+
+def view(user_id: str, now: datetime) -> dict[str, Any]:
+    """The membership as its hospital or an admin sees it."""
+    membership = _membership(user_id)
+    if membership is None:
+        return {"hospital_user_id": user_id, "active": False, "starts_at": None, "ends_at": None, "source": None}
+    return {
+        "hospital_user_id": user_id,
+        "active": membership.ends_at > iso(now),
+        "starts_at": membership.starts_at,
+        "ends_at": membership.ends_at,
+        "source": membership.source,
+    }
+
+
+def set_by_contract(
+    admin: Principal, hospital_user_id: str, *, active: bool, ends_on: date | None, reference: str, now: datetime
+) -> dict[str, Any]:
+    """Grant a membership until the end of ``ends_on`` (Asia/Shanghai), or end it now."""
+    try:
+        account = Account.get(f"USER#{hospital_user_id}", "PROFILE")
+    except DoesNotExist:
+        account = None
+    if account is None or account.role != HOSPITAL:
+        raise ApiError(404, "hospital_account_not_found", "No hospital account has this id", "找不到该医院账号")
+    if active:
+        if ends_on is None:
+            raise ApiError(
+                422, "validation_failed", "ends_on is required to grant", "开通会员需要结束日期", {"field": "ends_on"}
+            )
+        ends_at = start_of_shanghai_day(ends_on + timedelta(days=1))
+        if ends_at <= now:
+            raise ApiError(
+                422,
+                "validation_failed",
+                "ends_on must not be in the past",
+                "结束日期不能早于今天",
+                {"field": "ends_on"},
+            )
+    else:
+        ends_at = now
+    current = _membership(hospital_user_id)
+    starts_at = current.starts_at if current is not None and current.ends_at > iso(now) else iso(now)
+    record = Membership(f"USER#{hospital_user_id}", "MEMBERSHIP")
+    record.starts_at, record.ends_at, record.source = starts_at, iso(ends_at), "contract"
+    record.reference, record.updated_by, record.updated_at = reference, admin.user_id, iso(now)
+    change = MembershipChange(f"USER#{hospital_user_id}", f"MEMBERSHIP#{now.isoformat()}")
+    change.ends_at, change.source, change.reference, change.changed_by = (
+        iso(ends_at),
+        "contract",
+        reference,
+        admin.user_id,
+    )
+    with TransactWrite(connection=UsersTable._get_connection().connection) as transaction:
+        transaction.save(record)
+        transaction.save(change, condition=MembershipChange.sk.does_not_exist())
+    return view(hospital_user_id, now)

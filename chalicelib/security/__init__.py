@@ -1,0 +1,1 @@
+"""Keys, encryption, hashing and tokens: the parts that keep people's data safe."""

@@ -1,0 +1,59 @@
+"""Request bodies and query strings, checked against typed ``msgspec`` schemas.
+
+A schema is a ``msgspec.Struct`` with ``forbid_unknown_fields=True``: a field the client
+may not set (``role``, ``verified``, ``star_level``...) is refused, never ignored. Errors
+name the field and the rule, never the value (values can be personal data).
+
+Example
+-------
+>>> class Rename(msgspec.Struct, forbid_unknown_fields=True):
+...     name: str
+>>> parse({"name": "Li"}, Rename).name
+'Li'
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, TypeVar
+
+import msgspec
+
+from chalicelib.errors import ApiError
+
+T = TypeVar("T")
+_PATH = re.compile(r" - at `\$\.?([^`]*)`$")
+_UNKNOWN = re.compile(r"unknown field `([^`]*)`")
+
+
+def invalid(message: str, field: str | None = None, **details: Any) -> ApiError:
+    """A 422 ``validation_failed`` error naming the field."""
+    if field is not None:
+        details = {"field": field, **details}
+    return ApiError(422, "validation_failed", message, "请求内容不符合要求", details)
+
+
+def _refusal(error: msgspec.ValidationError) -> ApiError:
+    message = str(error)
+    at, unknown = _PATH.search(message), _UNKNOWN.search(message)
+    prefix = at.group(1) if at else ""
+    field = ".".join(part for part in (prefix, unknown.group(1) if unknown else "") if part)
+    return invalid(_PATH.sub("", message), field or None)
+
+
+def parse(payload: Any, schema: type[T]) -> T:
+    """``payload`` as ``schema``; 400 when there is no body, 422 naming the field otherwise."""
+    if payload is None:
+        raise ApiError(400, "body_required", "A JSON body is required", "请求体不能为空")
+    try:
+        return msgspec.convert(payload, schema, strict=True)
+    except msgspec.ValidationError as error:
+        raise _refusal(error) from None
+
+
+def parse_query(params: dict[str, str] | None, schema: type[T]) -> T:
+    """Query-string parameters as ``schema`` (numbers and dates converted from text)."""
+    try:
+        return msgspec.convert(params or {}, schema, strict=False)
+    except msgspec.ValidationError as error:
+        raise _refusal(error) from None
