@@ -15,7 +15,7 @@ Example
 from __future__ import annotations
 
 import re
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 
@@ -57,3 +57,21 @@ def parse_query(params: dict[str, str] | None, schema: type[T]) -> T:
         return msgspec.convert(params or {}, schema, strict=False)
     except msgspec.ValidationError as error:
         raise _refusal(error) from None
+
+
+Limit = Annotated[int, msgspec.Meta(ge=1, le=100)]
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class PageQuery(msgspec.Struct, forbid_unknown_fields=True):
+    """``?limit=&cursor=`` of a paginated list."""
+
+    limit: Limit = 20
+    cursor: Annotated[str, msgspec.Meta(max_length=2048)] | None = None
+
+
+def path_id(value: str, not_found: ApiError) -> str:
+    """A path parameter that names an object; ``not_found`` when it cannot be an id at all."""
+    if not _ID.match(value):
+        raise not_found
+    return value

@@ -142,6 +142,7 @@ class Account(UsersTable, discriminator="account"):
     id_number_cipher = UnicodeAttribute(null=True)
     # doctor
     hospital_id = UnicodeAttribute(null=True)
+    hospital_name = UnicodeAttribute(null=True)
     title = UnicodeAttribute(null=True)
     introduction = UnicodeAttribute(null=True)
     specialties = ListAttribute(of=UnicodeAttribute, null=True)

@@ -1,0 +1,1 @@
+"""Anesthesiologists as others see them: vocabulary, ranking, calendar, discovery, storefront."""

@@ -1,0 +1,67 @@
+"""Back office: the verification queue and decisions, and VIP memberships by contract (M-b, M-g)."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Annotated, Any
+
+import msgspec
+from chalice import Blueprint
+
+from chalicelib.accounts import memberships, verification
+from chalicelib.accounts.roles import ADMIN
+from chalicelib.clock import utc_now
+from chalicelib.errors import ApiError
+from chalicelib.handlers.access import current_principal, route
+from chalicelib.validation import PageQuery, parse, parse_query, path_id
+
+bp = Blueprint(__name__)
+
+ACCOUNT_NOT_FOUND = ApiError(404, "account_not_found", "The account does not exist", "账号不存在")
+Text = Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+
+
+class Rejection(msgspec.Struct, forbid_unknown_fields=True):
+    reason: Text
+
+
+class MembershipContract(msgspec.Struct, forbid_unknown_fields=True):
+    active: bool
+    reference: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    ends_on: date | None = None
+
+
+@route(bp, "/v1/admin/verifications", methods=["GET"], roles=[ADMIN])
+def review_queue() -> dict[str, Any]:
+    """Doctors and hospitals waiting for review, oldest first."""
+    query = parse_query(bp.current_request.query_params, PageQuery)
+    return verification.queue(query.limit, query.cursor)
+
+
+@route(bp, "/v1/admin/verifications/{user_id}/approve", methods=["POST"], roles=[ADMIN])
+def approve(user_id: str) -> dict[str, Any]:
+    """Approve a submission; an approved doctor appears in discovery."""
+    return verification.decide(current_principal(), path_id(user_id, ACCOUNT_NOT_FOUND), True, None, utc_now())
+
+
+@route(bp, "/v1/admin/verifications/{user_id}/reject", methods=["POST"], roles=[ADMIN])
+def reject(user_id: str) -> dict[str, Any]:
+    """Reject a submission with a reason the applicant sees."""
+    request = parse(bp.current_request.json_body, Rejection)
+    return verification.decide(
+        current_principal(), path_id(user_id, ACCOUNT_NOT_FOUND), False, request.reason, utc_now()
+    )
+
+
+@route(bp, "/v1/admin/memberships/{hospital_user_id}", methods=["PUT"], roles=[ADMIN])
+def set_membership(hospital_user_id: str) -> dict[str, Any]:
+    """Grant a VIP membership until a date, or end it now, by contract."""
+    request = parse(bp.current_request.json_body, MembershipContract)
+    return memberships.set_by_contract(
+        current_principal(),
+        path_id(hospital_user_id, ACCOUNT_NOT_FOUND),
+        active=request.active,
+        ends_on=request.ends_on,
+        reference=request.reference,
+        now=utc_now(),
+    )
