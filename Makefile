@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEPS := $(VENV)/.deps-installed
 
-.PHONY: run test lint unit integration e2e bench job tables clean
+.PHONY: run test lint unit integration e2e bench job tables admin clean
 
 $(DEPS): requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,9 +41,14 @@ job: $(DEPS)
 	@test -n "$(NAME)" || { echo "usage: make job NAME=<function>, e.g. make job NAME=heartbeat"; exit 2; }
 	@$(PY) -m devstack.stack job "$(NAME)"
 
-## tables: create missing tables in the running DynamoDB Local.
+## tables: create missing tables in the running DynamoDB Local and seed the hospital directory.
 tables: $(DEPS)
 	@$(PY) -m devstack.stack tables
+
+## admin PHONE=<mobile> NAME=<name> [STAGE=local]: create an admin account (asks for the password).
+admin: $(DEPS)
+	@test -n "$(PHONE)" -a -n "$(NAME)" || { echo "usage: make admin PHONE=13800000000 NAME=Operator [STAGE=local]"; exit 2; }
+	@$(PY) -m devstack.stack --stage "$(or $(STAGE),local)" admin --phone "$(PHONE)" --name "$(NAME)"
 
 ## clean: remove local data, pump state and caches (keeps the venv and the DynamoDB Local package).
 clean:

@@ -67,7 +67,7 @@ def local_environment(ddb_port: int, base: dict[str, str] | None = None) -> dict
 
 
 def create_tables(stage: str, ddb_port: int) -> list[str]:
-    """Create the stage's missing tables in DynamoDB Local (in this process)."""
+    """Create the stage's missing tables in DynamoDB Local and seed the hospital directory (in this process)."""
     os.environ.update(local_environment(ddb_port))
     os.environ.update(stage_environment(stage))
     from chalicelib.models import TABLE_MODELS
@@ -76,13 +76,19 @@ def create_tables(stage: str, ddb_port: int) -> list[str]:
     deadline = time.monotonic() + 30
     while True:
         try:
-            return ensure_tables(TABLE_MODELS)
+            lines = ensure_tables(TABLE_MODELS)
+            break
         except TableDriftError as error:
             raise StackError(f"{error}; delete the local data with `make clean` and start again") from error
         except Exception as error:  # DynamoDB Local listens a moment before it serves
             if time.monotonic() > deadline:
                 raise StackError(f"could not create the tables in DynamoDB Local: {error}") from error
             time.sleep(0.3)
+    from chalicelib.clock import utc_now
+    from chalicelib.directory.hospitals import seed_directory
+
+    added = seed_directory(utc_now())
+    return [*lines, f"hospital directory: {added} hospitals added from the seed file"]
 
 
 class StartupInterruptedError(Exception):
@@ -214,6 +220,39 @@ def tables(args: argparse.Namespace) -> int:
     return 0
 
 
+def admin(args: argparse.Namespace) -> int:
+    """Create an admin account (the only way to make one); the password is asked for, or read from ADMIN_PASSWORD."""
+    import getpass
+
+    if args.stage == "local":
+        from devstack.processes import port_is_open
+
+        if not port_is_open(HOST, args.ddb_port):
+            print(f"error: DynamoDB Local is not running on port {args.ddb_port}; start the stack with `make run`")
+            return 1
+        os.environ.update(local_environment(args.ddb_port))
+    os.environ.update(stage_environment(args.stage))
+    password = os.environ.get("ADMIN_PASSWORD") or getpass.getpass("password for the new admin: ")
+    if "ADMIN_PASSWORD" not in os.environ and getpass.getpass("again: ") != password:
+        print("error: the passwords differ", file=sys.stderr)
+        return 1
+    from chalicelib.accounts.identifiers import mainland_mobile
+    from chalicelib.accounts.signin import create_admin
+    from chalicelib.clock import utc_now
+    from chalicelib.errors import ApiError
+
+    try:
+        if len(password) < 8:
+            print("error: the password needs at least 8 characters", file=sys.stderr)
+            return 1
+        user_id = create_admin(mainland_mobile(args.phone), password, args.name, utc_now())
+    except ApiError as error:
+        print(f"error: {error.message}", file=sys.stderr)
+        return 1
+    print(f"admin {args.name} created: user_id {user_id}; sign in with POST /v1/auth/login")
+    return 0
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m devstack.stack", description=__doc__.split("\n\n")[0])
     parser.add_argument("--stage", default="local")
@@ -229,7 +268,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     job_parser = commands.add_parser("job", help="run one scheduled function now")
     job_parser.add_argument("name")
     job_parser.set_defaults(handler=job)
-    commands.add_parser("tables", help="create missing tables").set_defaults(handler=tables)
+    commands.add_parser("tables", help="create missing tables, seed the directory").set_defaults(handler=tables)
+    admin_parser = commands.add_parser("admin", help="create an admin account")
+    admin_parser.add_argument("--phone", required=True)
+    admin_parser.add_argument("--name", required=True)
+    admin_parser.set_defaults(handler=admin)
     return parser.parse_args(argv)
 
 
