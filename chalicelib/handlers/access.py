@@ -28,7 +28,6 @@ from chalicelib.errors import ApiError
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
-    from chalice.app import Request
 
 View = TypeVar("View", bound="Callable[..., Any]")
 
@@ -63,27 +62,33 @@ def unauthorized(code: str = "unauthorized", message: str = "Sign in first") -> 
     return ApiError(401, code, message, "请先登录")
 
 
-def bearer_token(request: Request) -> str | None:
-    """The token of an ``Authorization: Bearer <token>`` header; None when absent."""
-    header = (request.headers or {}).get("authorization")
-    if header is None:
+def principal_of(authorization: str | None) -> Principal | None:
+    """The caller named by an ``Authorization: Bearer <token>`` header; None when there is none."""
+    from chalicelib.accounts import tokens
+
+    if authorization is None:
         return None
-    scheme, _, token = header.strip().partition(" ")
+    scheme, _, token = authorization.strip().partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise unauthorized("invalid_token", "The Authorization header must be 'Bearer <access token>'")
-    return token.strip()
+    return tokens.verify_access_token(token.strip())
 
 
-def authorize(roles: frozenset[str], token: str | None, now: datetime) -> Principal | None:
+def authorize(roles: frozenset[str], authorization: str | None, now: datetime) -> Principal | None:
     """The caller, if ``roles`` admit them; raises 401/403 ``ApiError`` otherwise."""
-    from chalicelib.accounts import memberships, tokens
+    from chalicelib.accounts import memberships
 
-    principal = tokens.verify_access_token(token) if token is not None else None
-    if principal is None:
-        if ANON in roles:
+    if ANON in roles:
+        # An open route ignores a stale token: a client refreshing after its access token
+        # expired still sends the old one.
+        try:
+            return principal_of(authorization)
+        except ApiError:
             return None
+    principal = principal_of(authorization)
+    if principal is None:
         raise unauthorized()
-    if ANON in roles or principal.role in roles:
+    if principal.role in roles:
         return principal
     if principal.role == HOSPITAL and VIP_HOSPITAL in roles:
         if memberships.is_active(principal.user_id, now):
@@ -111,8 +116,8 @@ def route(
         def guarded(*args: Any, **kwargs: Any) -> Any:
             reset = None
             try:
-                token = bearer_token(bp.current_request)
-                reset = _principal.set(authorize(admitted, token, datetime.now(UTC)))
+                authorization = (bp.current_request.headers or {}).get("authorization")
+                reset = _principal.set(authorize(admitted, authorization, datetime.now(UTC)))
                 return view(*args, **kwargs)
             except ApiError as error:
                 raise EscalatedApiError(error) from error

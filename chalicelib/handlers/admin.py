@@ -1,4 +1,7 @@
-"""Back office: the verification queue and decisions, and VIP memberships by contract (M-b, M-g)."""
+"""Back office: the verification queue and decisions, and VIP memberships by contract (M-b, M-g).
+
+Views import their domain modules when first called (see ``handlers.accounts``).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,6 @@ from typing import Annotated, Any
 import msgspec
 from chalice import Blueprint
 
-from chalicelib.accounts import memberships, verification
 from chalicelib.accounts.roles import ADMIN
 from chalicelib.clock import utc_now
 from chalicelib.errors import ApiError
@@ -18,6 +20,9 @@ from chalicelib.validation import PageQuery, parse, parse_query, path_id
 bp = Blueprint(__name__)
 
 ACCOUNT_NOT_FOUND = ApiError(404, "account_not_found", "The account does not exist", "账号不存在")
+HOSPITAL_ACCOUNT_NOT_FOUND = ApiError(
+    404, "hospital_account_not_found", "No hospital account has this id", "找不到该医院账号"
+)
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
 
 
@@ -34,6 +39,8 @@ class MembershipContract(msgspec.Struct, forbid_unknown_fields=True):
 @route(bp, "/v1/admin/verifications", methods=["GET"], roles=[ADMIN])
 def review_queue() -> dict[str, Any]:
     """Doctors and hospitals waiting for review, oldest first."""
+    from chalicelib.accounts import verification
+
     query = parse_query(bp.current_request.query_params, PageQuery)
     return verification.queue(query.limit, query.cursor)
 
@@ -41,12 +48,16 @@ def review_queue() -> dict[str, Any]:
 @route(bp, "/v1/admin/verifications/{user_id}/approve", methods=["POST"], roles=[ADMIN])
 def approve(user_id: str) -> dict[str, Any]:
     """Approve a submission; an approved doctor appears in discovery."""
+    from chalicelib.accounts import verification
+
     return verification.decide(current_principal(), path_id(user_id, ACCOUNT_NOT_FOUND), True, None, utc_now())
 
 
 @route(bp, "/v1/admin/verifications/{user_id}/reject", methods=["POST"], roles=[ADMIN])
 def reject(user_id: str) -> dict[str, Any]:
     """Reject a submission with a reason the applicant sees."""
+    from chalicelib.accounts import verification
+
     request = parse(bp.current_request.json_body, Rejection)
     return verification.decide(
         current_principal(), path_id(user_id, ACCOUNT_NOT_FOUND), False, request.reason, utc_now()
@@ -56,10 +67,12 @@ def reject(user_id: str) -> dict[str, Any]:
 @route(bp, "/v1/admin/memberships/{hospital_user_id}", methods=["PUT"], roles=[ADMIN])
 def set_membership(hospital_user_id: str) -> dict[str, Any]:
     """Grant a VIP membership until a date, or end it now, by contract."""
+    from chalicelib.accounts import memberships
+
     request = parse(bp.current_request.json_body, MembershipContract)
     return memberships.set_by_contract(
         current_principal(),
-        path_id(hospital_user_id, ACCOUNT_NOT_FOUND),
+        path_id(hospital_user_id, HOSPITAL_ACCOUNT_NOT_FOUND),
         active=request.active,
         ends_on=request.ends_on,
         reference=request.reference,

@@ -1,4 +1,7 @@
-"""Discovery: a hospital's anesthesiologists, the whole catalogue for VIP hospitals, the storefront (M-d, C2, C3)."""
+"""Discovery: a hospital's anesthesiologists, the whole catalogue for VIP hospitals, the storefront (M-d, C2, C3).
+
+Views import the discovery module when first called (see ``handlers.accounts``).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,6 @@ from chalice import Blueprint
 
 from chalicelib.accounts.roles import ADMIN, SIGNED_IN, VIP_HOSPITAL
 from chalicelib.clock import utc_now
-from chalicelib.doctors import discovery
 from chalicelib.doctors.vocabulary import Specialty, Title
 from chalicelib.errors import ApiError
 from chalicelib.handlers.access import current_principal, route
@@ -35,6 +37,8 @@ DOCTOR_NOT_FOUND = ApiError(404, "doctor_not_found", "No verified anesthesiologi
 @route(bp, "/v1/hospitals/{hospital_id}/anesthesiologists", methods=["GET"], roles=SIGNED_IN)
 def hospital_doctors(hospital_id: str) -> dict[str, Any]:
     """Verified anesthesiologists registered at one hospital, best first."""
+    from chalicelib.doctors import discovery
+
     query = parse_query(bp.current_request.query_params, PageQuery)
     return discovery.doctors_of_hospital(path_id(hospital_id, HOSPITAL_NOT_FOUND), query.limit, query.cursor, utc_now())
 
@@ -42,6 +46,8 @@ def hospital_doctors(hospital_id: str) -> dict[str, Any]:
 @route(bp, "/v1/anesthesiologists", methods=["GET"], roles=[VIP_HOSPITAL, ADMIN])
 def all_doctors() -> dict[str, Any]:
     """Every verified anesthesiologist, filtered by date, city, title or specialty."""
+    from chalicelib.doctors import discovery
+
     query = parse_query(bp.current_request.query_params, CatalogueQuery)
     filters = {"date": query.date, "city": query.city, "title": query.title, "specialty": query.specialty}
     return discovery.all_doctors(filters, query.limit, query.cursor, utc_now())
@@ -50,4 +56,6 @@ def all_doctors() -> dict[str, Any]:
 @route(bp, "/v1/anesthesiologists/{doctor_id}", methods=["GET"], roles=SIGNED_IN)
 def storefront(doctor_id: str) -> dict[str, Any]:
     """The doctor's storefront: reputation, anesthesias done, accepting days, fees."""
+    from chalicelib.doctors import discovery
+
     return discovery.storefront(path_id(doctor_id, DOCTOR_NOT_FOUND), current_principal(), utc_now())
