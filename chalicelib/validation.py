@@ -23,7 +23,7 @@ from chalicelib.errors import ApiError
 
 T = TypeVar("T")
 _PATH = re.compile(r" - at `\$\.?([^`]*)`$")
-_UNKNOWN = re.compile(r"unknown field `([^`]*)`")
+_NAMED_FIELD = re.compile(r"(?:unknown|missing required) field `([^`]*)`")
 
 
 def invalid(message: str, field: str | None = None, **details: Any) -> ApiError:
@@ -35,9 +35,9 @@ def invalid(message: str, field: str | None = None, **details: Any) -> ApiError:
 
 def _refusal(error: msgspec.ValidationError) -> ApiError:
     message = str(error)
-    at, unknown = _PATH.search(message), _UNKNOWN.search(message)
+    at, named = _PATH.search(message), _NAMED_FIELD.search(message)
     prefix = at.group(1) if at else ""
-    field = ".".join(part for part in (prefix, unknown.group(1) if unknown else "") if part)
+    field = ".".join(part for part in (prefix, named.group(1) if named else "") if part)
     return invalid(_PATH.sub("", message), field or None)
 
 
@@ -54,7 +54,8 @@ def parse(payload: Any, schema: type[T]) -> T:
 def parse_query(params: dict[str, str] | None, schema: type[T]) -> T:
     """Query-string parameters as ``schema`` (numbers and dates converted from text)."""
     try:
-        return msgspec.convert(params or {}, schema, strict=False)
+        # a plain dict: msgspec checks unknown fields of mappings, not of Chalice's MultiDict
+        return msgspec.convert(dict(params or {}), schema, strict=False)
     except msgspec.ValidationError as error:
         raise _refusal(error) from None
 

@@ -16,8 +16,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
-from pynamodb.exceptions import DoesNotExist, UpdateError
+from pynamodb.exceptions import DoesNotExist, TransactWriteError
+from pynamodb.transactions import TransactWrite
 
+from chalicelib.accounts import signin
 from chalicelib.accounts.identifiers import mainland_mobile, resident_id_is_valid
 from chalicelib.accounts.roles import ADMIN, DOCTOR, HOSPITAL, PATIENT, Principal
 from chalicelib.clock import iso
@@ -26,7 +28,7 @@ from chalicelib.directory import hospitals
 from chalicelib.doctors.ranking import DISCOVERY_ATTRIBUTES
 from chalicelib.doctors.vocabulary import TITLES, Specialty, Title
 from chalicelib.errors import ApiError
-from chalicelib.models.users import Account
+from chalicelib.models.users import Account, LoginAlias
 from chalicelib.security import privacy
 from chalicelib.validation import invalid
 
@@ -186,6 +188,45 @@ def back_to_review_actions(now: datetime) -> list[Any]:
     ]
 
 
+def _phone_move(account: Account, raw_phone: str | None) -> tuple[str | None, str] | None:
+    """The (old, new) login alias keys when the account's phone changes, else None."""
+    if raw_phone is None:
+        return None
+    new_key = signin.phone_alias_key(mainland_mobile(raw_phone))
+    old_phone = _plain("phone", account.phone_cipher)
+    old_key = signin.phone_alias_key(old_phone) if old_phone else None
+    return None if old_key == new_key else (old_key, new_key)
+
+
+def _write(account: Account, actions: list[Any], phone_move: tuple[str | None, str] | None, now: datetime) -> None:
+    """The profile update, and the move of its phone alias, as one transaction.
+
+    A phone is one person's: the new number's alias is written only if no account holds
+    it (409 ``phone_taken``), and the old one is released, so the new number signs in.
+    """
+    conflict = ApiError(
+        409, "conflict", "The profile changed meanwhile; reload and retry", "资料已被修改，请刷新后重试"
+    )
+    try:
+        with TransactWrite(connection=Account._get_connection().connection) as transaction:
+            transaction.update(account, actions=actions, condition=Account.revision == account.revision)
+            if phone_move is not None:
+                old_key, new_key = phone_move
+                alias = signin.login_alias(new_key, account.user_id, now)
+                transaction.save(alias, condition=LoginAlias.pk.does_not_exist())
+                if old_key is not None:
+                    transaction.delete(LoginAlias(old_key, "LOGIN"), condition=LoginAlias.user_id == account.user_id)
+    except TransactWriteError as error:
+        # PynamoDB sends deletes, then puts, then updates: [old alias?, new alias, account]
+        codes = [reason.code if reason else None for reason in error.cancellation_reasons or []]
+        new_alias_index = len(codes) - 2
+        if phone_move is not None and codes[new_alias_index] == "ConditionalCheckFailed":
+            raise ApiError(409, "phone_taken", "This phone number already has an account", "该手机号已注册") from None
+        if "ConditionalCheckFailed" in codes:
+            raise conflict from None
+        raise
+
+
 def update_profile(principal: Principal, patch: ProfilePatch, now: datetime) -> dict[str, Any]:
     """Apply the caller's own changes; 422 for a field their role may not set, 409 on a concurrent change."""
     changes = {field: getattr(patch, field) for field in patch.__struct_fields__ if getattr(patch, field) is not UNSET}
@@ -206,12 +247,6 @@ def update_profile(principal: Principal, patch: ProfilePatch, now: datetime) -> 
     if account.verification_status == "verified" and reviewed:
         actions += back_to_review_actions(now)
     actions += [Account.revision.add(1), Account.updated_at.set(iso(now))]
-    try:
-        account.update(actions=actions, condition=Account.revision == account.revision)
-    except UpdateError as error:
-        if error.cause_response_code == "ConditionalCheckFailedException":
-            raise ApiError(
-                409, "conflict", "The profile changed meanwhile; reload and retry", "资料已被修改，请刷新后重试"
-            ) from None
-        raise
+    _write(account, actions, _phone_move(account, changes.get("phone")), now)
+    account.refresh(consistent_read=True)
     return own_view(account)

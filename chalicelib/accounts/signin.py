@@ -43,7 +43,8 @@ def _wechat_alias_keys(identity: WeChatIdentity) -> list[str]:
     return keys
 
 
-def _alias(key: str, user_id: str, now: datetime) -> LoginAlias:
+def login_alias(key: str, user_id: str, now: datetime) -> LoginAlias:
+    """The alias item that makes ``key`` sign in to ``user_id``."""
     alias = LoginAlias(key, "LOGIN")
     alias.user_id, alias.created_at = user_id, iso(now)
     return alias
@@ -65,7 +66,7 @@ def _create(account: Account, alias_keys: list[str], now: datetime) -> None:
         with TransactWrite(connection=UsersTable._get_connection().connection) as transaction:
             transaction.save(account, condition=Account.pk.does_not_exist())
             for key in alias_keys:
-                transaction.save(_alias(key, account.user_id, now), condition=LoginAlias.pk.does_not_exist())
+                transaction.save(login_alias(key, account.user_id, now), condition=LoginAlias.pk.does_not_exist())
     except TransactWriteError as error:
         reasons = [reason.code if reason else None for reason in error.cancellation_reasons or []]
         if "ConditionalCheckFailed" in reasons:
@@ -170,7 +171,7 @@ def _link_app(account: Account, identity: WeChatIdentity, now: datetime) -> None
     if openids.get(identity.app_id) == identity.openid:
         return
     try:
-        _alias(f"LOGIN#openid#{identity.app_id}#{identity.openid}", account.user_id, now).save(
+        login_alias(f"LOGIN#openid#{identity.app_id}#{identity.openid}", account.user_id, now).save(
             condition=LoginAlias.pk.does_not_exist()
         )
     except PutError as error:  # already written by a concurrent first login of the same person

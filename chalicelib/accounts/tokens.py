@@ -174,6 +174,9 @@ def _revoke_family(user_id: str, family: str) -> None:
     )
 
 
+TOKEN_REUSED = ("refresh_token_reused", "The refresh token was already used; sign in again")
+
+
 def _refresh_refused(code: str, message: str) -> ApiError:
     return ApiError(401, code, message, "刷新凭证无效，请重新登录")
 
@@ -192,7 +195,7 @@ def refresh_session(token: str, now: datetime) -> Session:
         raise _refresh_refused("invalid_refresh_token", "The refresh token has expired")
     if current.used_at is not None:
         _revoke_family(current.user_id, current.family)
-        raise _refresh_refused("refresh_token_reused", "The refresh token was already used; sign in again")
+        raise _refresh_refused(*TOKEN_REUSED)
     principal = Principal(current.user_id, current.role)
     replacement, item = _new_refresh_item(principal, current.family, now)
     family = SessionFamily(f"USER#{principal.user_id}", f"SESSION#{current.family}")
@@ -206,13 +209,13 @@ def refresh_session(token: str, now: datetime) -> Session:
             transaction.condition_check(SessionFamily, family.pk, family.sk, condition=SessionFamily.revoked == False)  # noqa: E712
             transaction.save(item, condition=RefreshToken.pk.does_not_exist())
     except TransactWriteError as error:
-        reasons = [reason.code if reason else None for reason in error.cancellation_reasons or []]
-        if reasons and reasons[0] == "ConditionalCheckFailed":
+        # PynamoDB sends condition checks, then puts, then updates: [family, new token, used-mark]
+        codes = [reason.code if reason else None for reason in error.cancellation_reasons or []] + [None] * 3
+        family_refused, used_refused = codes[0] == "ConditionalCheckFailed", codes[2] == "ConditionalCheckFailed"
+        if used_refused:
             _revoke_family(current.user_id, current.family)
-            raise _refresh_refused(
-                "refresh_token_reused", "The refresh token was already used; sign in again"
-            ) from None
-        if len(reasons) > 1 and reasons[1] == "ConditionalCheckFailed":
+            raise _refresh_refused(*TOKEN_REUSED) from None
+        if family_refused:
             raise _refresh_refused("session_revoked", "This session was signed out; sign in again") from None
         raise
     access, lifetime = issue_access_token(principal, now)

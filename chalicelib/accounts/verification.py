@@ -180,7 +180,7 @@ def decide(admin: Principal, user_id: str, approve: bool, reason: str | None, no
             actions += [getattr(Account, name).set(value) for name, value in discovery_keys(account).items()]
     else:
         actions += [Account.verification_status.set("rejected"), Account.rejection_reason.set(reason)]
-    decision = VerificationDecision(f"USER#{user_id}", f"DECISION#{iso(now)}#{admin.user_id}")
+    decision = VerificationDecision(f"USER#{user_id}", f"DECISION#{now.isoformat()}#{admin.user_id}")
     decision.decision = "approved" if approve else "rejected"
     decision.reason, decision.decided_by, decision.decided_at = reason, admin.user_id, iso(now)
     try:

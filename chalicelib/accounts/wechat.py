@@ -29,6 +29,7 @@ from chalicelib.errors import ApiError
 from chalicelib.security.keys import get_keys
 
 TIMEOUT_SECONDS = 5
+SYSTEM_BUSY = -1
 SANDBOX_CODE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _ENDPOINTS = {"oa": ("sns/oauth2/access_token", "code"), "mp": ("sns/jscode2session", "js_code")}
 
@@ -56,6 +57,12 @@ def code_refused(reason: str) -> ApiError:
     )
 
 
+def wechat_unavailable() -> ApiError:
+    return ApiError(
+        503, "dependency_unavailable", "WeChat does not answer", "微信服务暂不可用", {"dependency": "wechat"}
+    )
+
+
 def _sandbox(app: str, app_id: str, code: str) -> WeChatIdentity:
     if not SANDBOX_CODE.match(code) or code.startswith("invalid"):
         raise code_refused("40029")
@@ -65,6 +72,7 @@ def _sandbox(app: str, app_id: str, code: str) -> WeChatIdentity:
 
 
 def _live(app: str, app_id: str, code: str) -> WeChatIdentity:
+    import requests
     from wechatpy.exceptions import WeChatOAuthException
     from wechatpy.oauth import WeChatOAuth
 
@@ -78,11 +86,11 @@ def _live(app: str, app_id: str, code: str) -> WeChatIdentity:
             endpoint, params=params, timeout=TIMEOUT_SECONDS
         )
     except WeChatOAuthException as error:
-        if error.errcode is None:  # HTTP failure, not a refusal
-            raise ApiError(
-                503, "dependency_unavailable", "WeChat does not answer", "微信服务暂不可用", {"dependency": "wechat"}
-            ) from None
+        if error.errcode is None or error.errcode == SYSTEM_BUSY:  # no answer, or WeChat asks to retry
+            raise wechat_unavailable() from None
         raise code_refused(str(error.errcode)) from None
+    except (requests.RequestException, ValueError):  # timeout, refused connection, a body that is not JSON
+        raise wechat_unavailable() from None
     openid = result.get("openid")
     if not openid:
         raise code_refused("no_openid")

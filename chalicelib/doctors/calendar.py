@@ -60,6 +60,11 @@ class CalendarUpdate(msgspec.Struct, forbid_unknown_fields=True):
     ranges: Annotated[list[RangeSetting], msgspec.Meta(max_length=20)] = []
 
 
+def is_accepting(working: bool, invitation_capacity: int, consultation_capacity: int) -> bool:
+    """A day is open to requests when the doctor works and offers some capacity."""
+    return bool(working) and (invitation_capacity > 0 or consultation_capacity > 0)
+
+
 def _pk(doctor_id: str) -> str:
     return f"CALENDAR#{doctor_id}"
 
@@ -141,11 +146,13 @@ def set_days(doctor_id: str, update: CalendarUpdate, now: datetime) -> dict[str,
     account = load_account(doctor_id)
     horizon = today + timedelta(days=HORIZON_DAYS)
     accepting = {
-        day.sk: day.invitation_capacity > 0 or day.consultation_capacity > 0
+        day.sk: is_accepting(day.working, day.invitation_capacity, day.consultation_capacity)
         for day in read_days(doctor_id, today, horizon)
     }
     for day, setting in settings.items():
-        accepting[day.isoformat()] = setting.invitation_capacity > 0 or setting.consultation_capacity > 0
+        accepting[day.isoformat()] = is_accepting(
+            setting.working, setting.invitation_capacity, setting.consultation_capacity
+        )
     ordered = sorted(settings)
     try:
         with TransactWrite(connection=CalendarDay._get_connection().connection) as transaction:
@@ -206,7 +213,7 @@ def open_days(doctor_id: str, now: datetime) -> list[dict[str, Any]]:
     for day in read_days(doctor_id, today, today + timedelta(days=STOREFRONT_DAYS - 1)):
         invitations = int(day.invitation_capacity) - int(day.invitations_booked)
         consultations = int(day.consultation_capacity) - int(day.consultations_booked)
-        if invitations > 0 or consultations > 0:
+        if day.working and (invitations > 0 or consultations > 0):
             result.append(
                 {"date": day.sk, "invitation_slots": max(0, invitations), "consultation_slots": max(0, consultations)}
             )

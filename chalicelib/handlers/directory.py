@@ -1,4 +1,7 @@
-"""The hospital directory: ``GET /v1/hospitals`` (search) and ``POST /v1/admin/hospitals`` (add)."""
+"""The hospital directory: ``GET /v1/hospitals`` (search) and ``POST /v1/admin/hospitals`` (add).
+
+Views import the directory module when first called (see ``handlers.accounts``).
+"""
 
 from __future__ import annotations
 
@@ -9,10 +12,9 @@ from chalice import Blueprint, Response
 
 from chalicelib.accounts.roles import ADMIN, ANON
 from chalicelib.clock import utc_now
-from chalicelib.directory import hospitals
+from chalicelib.directory.vocabulary import Grade
 from chalicelib.handlers.access import current_principal, route
-from chalicelib.pagination import DEFAULT_LIMIT, MAX_LIMIT
-from chalicelib.validation import parse, parse_query
+from chalicelib.validation import Limit, parse, parse_query
 
 bp = Blueprint(__name__)
 
@@ -25,7 +27,7 @@ class HospitalQuery(msgspec.Struct, forbid_unknown_fields=True):
 
     q: Annotated[str, msgspec.Meta(max_length=50)] | None = None
     city: Annotated[str, msgspec.Meta(max_length=20)] | None = None
-    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT
+    limit: Limit = 20
     cursor: Annotated[str, msgspec.Meta(max_length=2048)] | None = None
 
 
@@ -34,12 +36,14 @@ class NewHospital(msgspec.Struct, forbid_unknown_fields=True):
     city: Place
     province: Place
     aliases: Annotated[list[Name], msgspec.Meta(max_length=10)] = []
-    grade: hospitals.Grade | None = None
+    grade: Grade | None = None
 
 
 @route(bp, "/v1/hospitals", methods=["GET"], roles=[ANON])
 def search_hospitals() -> dict[str, Any]:
     """One page of the directory, searched by name, alias, pinyin, initials and city."""
+    from chalicelib.directory import hospitals
+
     query = parse_query(bp.current_request.query_params, HospitalQuery)
     return hospitals.search(query.q, query.city, query.limit, query.cursor)
 
@@ -47,6 +51,8 @@ def search_hospitals() -> dict[str, Any]:
 @route(bp, "/v1/admin/hospitals", methods=["POST"], roles=[ADMIN])
 def add_hospital() -> Response:
     """Add a hospital to the directory (201); 409 when one with the same name exists."""
+    from chalicelib.directory import hospitals
+
     body = parse(bp.current_request.json_body, NewHospital)
     view = hospitals.add_hospital(
         body.name,

@@ -44,10 +44,10 @@ def decrypt(field_name: str, stored: str) -> str:
     version, _, payload = stored.partition(":")
     if version != CIPHER_VERSION:
         raise DecryptionError(f"unknown cipher version {version!r}")
-    raw = base64.b64decode(payload)
     try:
+        raw = base64.b64decode(payload, validate=True)
         plain = AESGCM(get_keys().pii_key).decrypt(raw[:12], raw[12:], field_name.encode("utf-8"))
-    except InvalidTag:
+    except (InvalidTag, ValueError):  # binascii.Error is a ValueError; so is a too-short nonce
         raise DecryptionError("ciphertext does not verify") from None
     return plain.decode("utf-8")
 

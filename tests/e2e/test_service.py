@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import requests
 
@@ -54,9 +54,31 @@ def test_wrong_method_is_a_405_in_the_error_shape(api: str) -> None:
     assert response.headers["Allow"] == "GET"
 
 
+def _change_counts(ddb: Any) -> dict[str, int]:
+    counter = {"pk": {"S": "SYSTEM#stream-changes"}, "sk": {"S": "anes-local-invitations"}}
+    item = ddb.get_item(TableName="anes-local-users", Key=counter, ConsistentRead=True).get("Item", {})
+    return {name: int(item.get(name, {}).get("N", "0")) for name in ("inserts", "modifies")}
+
+
+def _settled_counts(ddb: Any) -> dict[str, int]:
+    """The counts once the pump has caught up with earlier writes (unchanged for a second)."""
+    counts, since = _change_counts(ddb), time.monotonic()
+    deadline = since + 30
+    while time.monotonic() - since < 1.0:
+        assert time.monotonic() < deadline, "the stream counts never settled"
+        time.sleep(0.2)
+        latest = _change_counts(ddb)
+        if latest != counts:
+            counts, since = latest, time.monotonic()
+    return counts
+
+
 def test_stream_consumer_counts_changes_written_to_the_invitations_table(stack: Stack) -> None:
-    # GIVEN an item written to the Invitations table, then changed
+    # GIVEN the counts after whatever other tests wrote
     ddb = stack.dynamodb()
+    before = _settled_counts(ddb)
+
+    # WHEN an item is written to the Invitations table, then changed
     key = {"pk": {"S": "INVITATION#e2e"}, "sk": {"S": "META"}}
     ddb.put_item(TableName="anes-local-invitations", Item={**key, "status": {"S": "awaiting_payment"}})
     ddb.update_item(
@@ -66,13 +88,12 @@ def test_stream_consumer_counts_changes_written_to_the_invitations_table(stack: 
         ExpressionAttributeNames={"#s": "status"},
         ExpressionAttributeValues={":s": {"S": "pending_response"}},
     )
-    counter = {"pk": {"S": "SYSTEM#stream-changes"}, "sk": {"S": "anes-local-invitations"}}
-    # THEN the stream consumer, run by the event pump, counted both
+
+    # THEN the stream consumer, run by the event pump, counted each exactly once
+    expected = {"inserts": before["inserts"] + 1, "modifies": before["modifies"] + 1}
     deadline = time.monotonic() + 15
-    while True:
-        item = ddb.get_item(TableName="anes-local-users", Key=counter, ConsistentRead=True).get("Item", {})
-        counts = {name: int(item.get(name, {}).get("N", "0")) for name in ("inserts", "modifies")}
-        if counts == {"inserts": 1, "modifies": 1}:
-            break
-        assert time.monotonic() < deadline, f"stream consumer saw {counts}"
+    while (counts := _change_counts(ddb)) != expected:
+        assert time.monotonic() < deadline, f"stream consumer saw {counts}, expected {expected}"
         time.sleep(0.2)
+    time.sleep(1.0)
+    assert _change_counts(ddb) == expected, "a record was counted twice"

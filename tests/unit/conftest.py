@@ -56,6 +56,21 @@ def shared_botocore_session() -> Iterator[None]:
         yield
 
 
+@pytest.fixture(autouse=True)
+def cheap_password_hashing(request: pytest.FixtureRequest) -> Iterator[None]:
+    """scrypt at a tiny cost, so the many accounts the tests make cost microseconds.
+
+    The stored form carries its parameters, so verification works either way; the
+    tests of the password module itself keep the real cost.
+    """
+    if request.module.__name__.endswith("test_security_primitives"):
+        yield
+        return
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("chalicelib.security.passwords.N", 2**4)
+        yield
+
+
 @pytest.fixture
 def aws() -> Iterator[None]:
     """A fresh moto account holding every table, created from the models."""

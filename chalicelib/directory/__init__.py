@@ -1,0 +1,1 @@
+"""The hospital directory: institutions patients and doctors pick from, searchable without a Scan."""
