@@ -2,8 +2,11 @@
 
 Search never scans. Each hospital writes, beside its ``Hospital`` item, one ``HospitalTerm``
 per search term (every suffix of its name and aliases, in characters, full pinyin and
-initials) into the sparse ``catalogue`` index under ``HTERM#<first character>``, so a
-query is one prefix ``Query``. A city listing reads ``HOSPITALS#<city>`` (the ``Hospital``
+initials) into the sparse ``catalogue`` index, so a query is a prefix ``Query``. Terms that
+start a name or an alias (``xhyy`` of 协和医院) go under ``HLEAD#<first character>``, the
+inner suffixes (``xhxdeyy`` of 大学华西...) under ``HTERM#<first character>``, and a search
+reads the leading terms first: "xh" lists 北京协和医院 before hospitals that merely contain
+x-h somewhere. A city listing reads ``HOSPITALS#<city>`` (the ``Hospital``
 items); the whole directory reads ``HOSPITALS`` (one browse term per hospital, ``TERM#*``).
 Both listings are ordered by full pinyin.
 
@@ -129,6 +132,24 @@ def search_terms(name: str, aliases: Iterable[str]) -> set[str]:
         terms |= _suffixes(_TOKENS.findall(normalized))
         terms |= _suffixes(_pinyin(normalized, initials=False))
         terms |= _suffixes(_pinyin(normalized, initials=True))
+    return {term for term in terms if term and not (len(term) == 1 and term.isascii())}
+
+
+def lead_terms(name: str, aliases: Iterable[str]) -> set[str]:
+    """The terms that start the name or an alias (characters, full pinyin, initials).
+
+    >>> sorted(lead_terms("协和医院", []))
+    ['xhyy', 'xieheyiyuan', '协和医院']
+    """
+    terms: set[str] = set()
+    for text in (name, *aliases):
+        normalized = normalize_query(text)
+        if normalized:
+            terms |= {
+                normalized,
+                "".join(_pinyin(normalized, initials=False)),
+                "".join(_pinyin(normalized, initials=True)),
+            }
     return {term for term in terms if term and not (len(term) == 1 and term.isascii())}
 
 
@@ -262,9 +283,10 @@ def add_hospital(
         catalogue_key=f"HOSPITALS#{city}",
         catalogue_sort=order,
     )
+    leading = lead_terms(name, kept_aliases)
     terms = [
-        _term(hospital, term, f"HTERM#{term[0]}", f"{term}#{hospital_id}")
-        for term in sorted(search_terms(name, kept_aliases))
+        _term(hospital, term, f"{'HLEAD' if term in leading else 'HTERM'}#{term[0]}", f"{term}#{hospital_id}")
+        for term in sorted(search_terms(name, kept_aliases) | leading)
     ]
     terms.append(_term(hospital, BROWSE_TERM, "HOSPITALS", order))
     if 1 + len(terms) <= TRANSACTION_LIMIT:
@@ -315,6 +337,38 @@ def _collect(
     return list(found.values()), key
 
 
+SEARCH_PHASES = ("HLEAD", "HTERM")
+"""Leading terms first, then inner suffixes."""
+
+
+def _search_terms(term: str, place: str, limit: int, start: dict[str, Any] | None, scope: str) -> dict[str, Any]:
+    """A page of hospitals whose terms start with ``term``: the leading terms' matches, then the inner ones.
+
+    The cursor carries the phase and the position in it.
+    """
+    phase = int((start or {}).get("phase", 0))
+    key = (start or {}).get("key")
+    if phase not in range(len(SEARCH_PHASES)):
+        raise ApiError(400, "invalid_cursor", "The cursor is not valid for this list", "分页游标无效")
+    found: dict[str, dict[str, Any]] = {}
+    while len(found) < limit:
+        query = functools.partial(
+            HospitalTerm.by_catalogue.query,
+            f"{SEARCH_PHASES[phase]}#{term[0]}",
+            HospitalTerm.catalogue_sort.startswith(term),
+            filter_condition=(HospitalTerm.city == place) if place else None,
+        )
+        items, key = _collect(query, HospitalTerm, limit - len(found), key)
+        for item in items:
+            found.setdefault(item["hospital_id"], item)
+        if key is not None:
+            break
+        if phase + 1 == len(SEARCH_PHASES):
+            return {"items": list(found.values()), "next_cursor": None}
+        phase += 1
+    return {"items": list(found.values()), "next_cursor": encode_cursor({"phase": phase, "key": key}, scope)}
+
+
 def search(q: str | None, city: str | None, limit: int, cursor: str | None) -> dict[str, Any]:
     """One page of hospitals matching ``q`` (name, alias, pinyin or initials prefix) in ``city``.
 
@@ -327,14 +381,8 @@ def search(q: str | None, city: str | None, limit: int, cursor: str | None) -> d
     scope = f"hospitals:{term}:{place}"
     start = decode_cursor(cursor, scope)
     if term:
-        query = functools.partial(
-            HospitalTerm.by_catalogue.query,
-            f"HTERM#{term[0]}",
-            HospitalTerm.catalogue_sort.startswith(term),
-            filter_condition=(HospitalTerm.city == place) if place else None,
-        )
-        items, last_key = _collect(query, HospitalTerm, limit, start)
-    elif place:
+        return _search_terms(term, place, limit, start, scope)
+    if place:
         query = functools.partial(Hospital.by_catalogue.query, f"HOSPITALS#{place}")
         items, last_key = _collect(query, Hospital, limit, start)
     else:

@@ -45,6 +45,38 @@ def test_the_union_hospital_is_found_by_initials_pinyin_and_name(seeded: list[di
     assert PUMCH in found(q)
 
 
+@pytest.mark.parametrize("q", ["xiehe", "\u534f\u548c"])  # 协和
+def test_a_name_or_alias_that_starts_with_the_query_comes_first(seeded: list[dict[str, object]], q: str) -> None:
+    # GIVEN 北京协和医院 (alias 协和医院) among hospitals whose names contain the query further in
+    # WHEN the patient types the start of 协和
+    first_page = hospitals.search(q, None, 5, None)["items"]
+
+    # THEN it leads the list
+    assert first_page[0]["name"] == PUMCH
+
+
+def test_initials_list_the_hospitals_they_start_before_those_they_only_occur_in(
+    seeded: list[dict[str, object]],
+) -> None:
+    # GIVEN the initials "xh": they start 协和医院 and 新华医院, and occur inside e.g. "...大学华西..."
+    leading = {
+        str(entry["name"])
+        for entry in seeded
+        if any(term.startswith("xh") for term in hospitals.lead_terms(str(entry["name"]), entry["aliases"]))
+    }
+    assert PUMCH in leading
+    listed = found("xh", limit=3)
+
+    # THEN the hospitals they start come first, then the others
+    assert set(listed[: len(leading)]) == leading
+    assert len(listed) > len(leading)
+
+
+def test_searches_page_through_both_phases_without_losing_a_hospital(seeded: list[dict[str, object]]) -> None:
+    assert set(found("xh", limit=2)) == set(found("xh", limit=100))
+    assert len(found("xh", limit=100)) > 1
+
+
 def test_every_hospital_is_found_by_its_full_pinyin(seeded: list[dict[str, object]]) -> None:
     missing = [
         entry["name"] for entry in seeded if entry["name"] not in found(hospitals.full_pinyin(str(entry["name"])))

@@ -147,3 +147,14 @@ def test_operation_ids_are_unique() -> None:
     ids = [operation.get("operationId") for operation in documented_operations().values()]
 
     assert len(ids) == len(set(ids))
+
+
+def test_the_documented_titles_and_specialties_are_the_codes_vocabulary() -> None:
+    from chalicelib.doctors.vocabulary import SPECIALTIES, TITLES
+
+    schemas = openapi.document()["components"]["schemas"]
+
+    assert schemas["DoctorTitle"]["enum"] == list(TITLES)
+    assert schemas["DoctorSpecialty"]["enum"] == list(SPECIALTIES)
+    for code, labels in {**TITLES, **SPECIALTIES}.items():
+        assert labels["zh"] in schemas["DoctorTitle"]["description"] + schemas["DoctorSpecialty"]["description"], code
