@@ -9,10 +9,16 @@ Example
 >>> doctor = make_verified_doctor(client, admin, hospitals.pumch)  # doctest: +SKIP
 >>> call(client, "GET", "/v1/me", doctor).json_body["verification"]["status"]  # doctest: +SKIP
 'verified'
+
+A module that builds its world once uses ``moto_session`` (one ``mock_aws`` and one
+client for the module) and ``open_account``: every AWS account of a moto session has
+tables of its own, so a test that must see only its own data (a whole list, the admin
+queue) gets an account to itself, while the others share a seeded one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 from dataclasses import dataclass
@@ -26,6 +32,8 @@ from chalicelib.doctors.ranking import discovery_keys
 from chalicelib.models.users import Account
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     import pytest
     from chalice.test import Client, HTTPResponse
 
@@ -60,6 +68,7 @@ DOCTOR_PROFILE: dict[str, Any] = {
 
 _phones = itertools.count(1)
 _codes = itertools.count(1)
+_accounts = itertools.count(200_000_000_001)
 
 
 @dataclass(frozen=True)
@@ -257,3 +266,48 @@ def freeze_clock(monkeypatch: pytest.MonkeyPatch, instant: datetime) -> None:
         module = importlib.import_module(name)
         if hasattr(module, "utc_now"):
             monkeypatch.setattr(module, "utc_now", lambda: instant)
+
+
+# --- one moto session per module -----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def moto_session() -> Iterator[Client]:
+    """One ``mock_aws`` and the app's ``chalice.test.Client`` for a whole test module.
+
+    Inside, scrypt runs at the tiny cost of the unit tests (the ``cheap_password_hashing``
+    fixture starts only with each test, after a module's world is built). Pair it
+    with ``open_account``: outside any account, requests go to moto's default one.
+    """
+    import pytest
+    from chalice.test import Client
+    from moto import mock_aws
+
+    from app import app
+    from chalicelib.models import TABLE_MODELS
+    from tests.unit.conftest import PROJECT_DIR
+
+    with mock_aws(), pytest.MonkeyPatch.context() as patch:
+        patch.setattr("chalicelib.security.passwords.N", 2**4)
+        for model in TABLE_MODELS:
+            model._connection = None  # a connection made outside this mock must not leak in
+        with Client(app, stage_name="local", project_dir=str(PROJECT_DIR)) as client:
+            yield client
+
+
+def open_account(patch: pytest.MonkeyPatch, account_id: str | None = None) -> str:
+    """Send moto's requests to AWS account ``account_id`` until ``patch`` is undone; return its id.
+
+    Without an id, a new account with every table (created from the models): nothing
+    another test wrote is in it. moto picks the account of each request from
+    ``MOTO_ACCOUNT_ID``.
+    """
+    from chalicelib.models import TABLE_MODELS
+    from chalicelib.models.tables import ensure_tables
+
+    new = account_id is None
+    account_id = account_id or str(next(_accounts))
+    patch.setenv("MOTO_ACCOUNT_ID", account_id)
+    if new:
+        ensure_tables(TABLE_MODELS)
+    return account_id

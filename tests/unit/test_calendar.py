@@ -16,6 +16,8 @@ from tests.unit import actors
 from tests.unit.actors import call, expect
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from chalice.test import Client
 
 FROZEN = datetime(2030, 3, 31, 16, 30, tzinfo=UTC)  # 2030-04-01 00:30 in Shanghai
@@ -44,18 +46,64 @@ def dates_of(body: dict[str, Any]) -> list[str]:
     return [entry["date"] for entry in body["days"]]
 
 
-@pytest.fixture
-def world(client: Client, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """A verified doctor, a patient, a hospital and an admin, signed in; then the clock is frozen."""
+# --- the accounts of the tests ---------------------------------------------------------------------
+#
+# Each test gets a verified doctor of its own; the hospitals and the other people are made once,
+# in an AWS account of the module. A test that reads a whole list gets an account of its own.
+
+
+@pytest.fixture(scope="module")
+def session() -> Iterator[Client]:
+    with actors.moto_session() as client:
+        yield client
+
+
+def _people(client: Client) -> dict[str, Any]:
+    """The hospitals, an admin, a patient and a hospital account, signed in: read by the tests, changed by none."""
     hospitals = actors.seed_hospitals()
-    admin = actors.make_admin(client)
-    world = {
+    return {
         "hospitals": hospitals,
-        "admin": admin,
-        "doctor": actors.make_verified_doctor(client, admin, hospitals.pumch),
+        "admin": actors.make_admin(client),
         "patient": actors.register(client, "patient"),
         "hospital": actors.register(client, "hospital"),
     }
+
+
+@pytest.fixture(scope="module")
+def shared(session: Client) -> tuple[str, dict[str, Any]]:
+    """The AWS account of the module and its people, made once."""
+    with pytest.MonkeyPatch.context() as patch:
+        return actors.open_account(patch), _people(session)
+
+
+@pytest.fixture
+def own_account() -> None:
+    """Asked for by a test that reads a whole list (a hospital's doctors, the catalogue): an account of its own."""
+
+
+@pytest.fixture
+def people(
+    request: pytest.FixtureRequest, session: Client, shared: tuple[str, dict[str, Any]]
+) -> Iterator[dict[str, Any]]:
+    """The people of the test's account: the module's, or a new one's (``own_account``)."""
+    with pytest.MonkeyPatch.context() as patch:
+        if "own_account" in request.fixturenames:
+            actors.open_account(patch)
+            yield _people(session)
+        else:
+            actors.open_account(patch, shared[0])
+            yield shared[1]
+
+
+@pytest.fixture
+def client(session: Client, people: dict[str, Any]) -> Client:
+    return session
+
+
+@pytest.fixture
+def world(client: Client, people: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """A verified doctor of the test's own, a patient, a hospital and an admin, signed in; then the clock is frozen."""
+    world = {**people, "doctor": actors.make_verified_doctor(client, people["admin"], people["hospitals"].pumch)}
     actors.freeze_clock(monkeypatch, FROZEN)
     return world
 
@@ -236,6 +284,7 @@ def _card(client: Client, viewer: actors.Actor, hospital_id: str) -> dict[str, A
     return items[0]
 
 
+@pytest.mark.usefixtures("own_account")
 def test_accepting_days_show_on_the_storefront_and_the_card(client: Client, world: dict[str, Any]) -> None:
     doctor, patient, pumch = world["doctor"], world["patient"], world["hospitals"].pumch
     # GIVEN a day for invitations, a working day with no capacity, a day for consultations
@@ -252,6 +301,7 @@ def test_accepting_days_show_on_the_storefront_and_the_card(client: Client, worl
     assert _card(client, patient, pumch)["next_accepting_dates"] == [day(1), day(3)]
 
 
+@pytest.mark.usefixtures("own_account")
 def test_closing_a_day_removes_it_from_discovery(client: Client, world: dict[str, Any]) -> None:
     doctor, patient, pumch = world["doctor"], world["patient"], world["hospitals"].pumch
     expect(put(client, doctor, {"days": [setting(1), setting(2)]}), 200)
@@ -262,6 +312,7 @@ def test_closing_a_day_removes_it_from_discovery(client: Client, world: dict[str
     assert _card(client, patient, pumch)["next_accepting_dates"] == [day(2)]
 
 
+@pytest.mark.usefixtures("own_account")
 def test_the_card_shows_the_next_five_upcoming_dates(
     client: Client, world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -286,6 +337,7 @@ def test_the_storefront_shows_sixty_days(client: Client, world: dict[str, Any]) 
     assert [entry["date"] for entry in _storefront(client, patient, doctor)["accepting_days"]] == [day(59)]
 
 
+@pytest.mark.usefixtures("own_account")
 def test_the_catalogue_filters_by_accepting_date(client: Client, world: dict[str, Any]) -> None:
     doctor, admin = world["doctor"], world["admin"]
     expect(put(client, doctor, {"days": [setting(1), setting(2, 0, 0)]}), 200)
@@ -299,6 +351,7 @@ def test_the_catalogue_filters_by_accepting_date(client: Client, world: dict[str
     assert listed(day(3)) == []
 
 
+@pytest.mark.usefixtures("own_account")
 def test_a_day_off_is_not_accepting_even_with_capacity(client: Client, world: dict[str, Any]) -> None:
     doctor, patient, pumch = world["doctor"], world["patient"], world["hospitals"].pumch
 

@@ -15,8 +15,10 @@ from chalicelib.directory import hospitals
 from chalicelib.directory.vocabulary import GRADES
 from chalicelib.errors import ApiError
 from chalicelib.models.users import Hospital, HospitalTerm
+from tests.unit import actors
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
     from chalice.test import Client
@@ -51,12 +53,51 @@ def token_for(role: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
 
 
+# --- the accounts of the tests ---------------------------------------------------------------------
+#
+# The searches only read the sample, so its four hospitals are added once, to an AWS account
+# of the module. Every other test that touches the directory gets an empty account of its own:
+# it adds hospitals by name, and the ids come from the names.
+
+
+@pytest.fixture(scope="module")
+def session() -> Iterator[Client]:
+    with actors.moto_session() as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def sample_account(session: Client) -> tuple[str, dict[str, str]]:
+    """An account holding four hospitals in three cities, and their ids by name."""
+    with pytest.MonkeyPatch.context() as patch:
+        account_id = actors.open_account(patch)
+        for name, aliases, city, province in SAMPLE:
+            hospitals.add_hospital(name, aliases, city, province, TOP_GRADE, "u-admin", NOW)
+    return account_id, {name: hospitals.hospital_id_for(name) for name, *_ in SAMPLE}
+
+
 @pytest.fixture
-def sample(aws: None) -> dict[str, str]:
-    """Four hospitals in three cities; name → id."""
-    for name, aliases, city, province in SAMPLE:
-        hospitals.add_hospital(name, aliases, city, province, TOP_GRADE, "u-admin", NOW)
-    return {name: hospitals.hospital_id_for(name) for name, *_ in SAMPLE}
+def aws(session: Client) -> Iterator[None]:
+    """An empty account of the test's own."""
+    with pytest.MonkeyPatch.context() as patch:
+        actors.open_account(patch)
+        yield
+
+
+@pytest.fixture
+def sample(session: Client, sample_account: tuple[str, dict[str, str]]) -> Iterator[dict[str, str]]:
+    """The sample's account, for the test to read: name → id."""
+    account_id, ids = sample_account
+    with pytest.MonkeyPatch.context() as patch:
+        actors.open_account(patch, account_id)
+        yield ids
+
+
+@pytest.fixture
+def client(request: pytest.FixtureRequest, session: Client) -> Client:
+    """The app, on the sample's account when the test reads the ``sample``, else on an empty one of its own."""
+    request.getfixturevalue("sample" if "sample" in request.fixturenames else "aws")
+    return session
 
 
 def names(response: Any) -> list[str]:
@@ -178,7 +219,10 @@ def test_add_hospital_writes_the_hospital_its_terms_and_a_browse_entry(aws: None
         term.sk: term for term in HospitalTerm.query(f"HOSPITAL#{hospital_id}", HospitalTerm.sk.startswith("TERM#"))
     }
     assert set(terms) == {f"TERM#{term}" for term in hospitals.search_terms(PUMCH, [XIEHE_HOSPITAL])} | {"TERM#*"}
-    assert (terms["TERM#xhyy"].catalogue_key, terms["TERM#xhyy"].catalogue_sort) == ("HTERM#x", f"xhyy#{hospital_id}")
+    # xhyy starts the alias 协和医院: a leading term, read before the inner ones
+    assert (terms["TERM#xhyy"].catalogue_key, terms["TERM#xhyy"].catalogue_sort) == ("HLEAD#x", f"xhyy#{hospital_id}")
+    # heyiyuan only occurs inside the names: an inner term
+    assert terms["TERM#heyiyuan"].catalogue_key == "HTERM#h"
     assert (terms["TERM#*"].catalogue_key, terms["TERM#*"].catalogue_sort) == ("HOSPITALS", stored.catalogue_sort)
     assert terms["TERM#xhyy"].city == BEIJING
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -14,6 +15,8 @@ from tests.unit import actors
 from tests.unit.actors import call, expect, set_membership
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from chalice.test import Client
 
 
@@ -24,14 +27,80 @@ def today() -> Any:
     return shanghai_date(datetime.now(UTC))
 
 
-@pytest.fixture
-def hospitals(client: Client) -> actors.Hospitals:
-    return actors.seed_hospitals()
+# --- the accounts of the tests ---------------------------------------------------------------------
+#
+# Most tests make the people they change and share one AWS account, seeded once. A test of a
+# whole list (every doctor of the catalogue, of a hospital) gets an account of its own, or
+# the module's account of the ``ranked`` doctors when it only reads them.
+
+
+@dataclass(frozen=True)
+class World:
+    """An AWS account of the module and what is in it."""
+
+    account_id: str
+    hospitals: actors.Hospitals
+    admin: actors.Actor
+    ranked: dict[str, actors.Actor] | None = None
+
+
+@pytest.fixture(scope="module")
+def session() -> Iterator[Client]:
+    with actors.moto_session() as client:
+        yield client
+
+
+def _world(client: Client, patch: pytest.MonkeyPatch, *, ranked: bool = False) -> World:
+    """A new account with the hospitals and an admin (and the ``ranked`` doctors), left open in ``patch``."""
+    account_id = actors.open_account(patch)
+    hospitals = actors.seed_hospitals()
+    admin = actors.make_admin(client)
+    return World(account_id, hospitals, admin, _ranked(client, hospitals, admin) if ranked else None)
+
+
+@pytest.fixture(scope="module")
+def shared(session: Client) -> World:
+    with pytest.MonkeyPatch.context() as patch:
+        return _world(session, patch)
+
+
+@pytest.fixture(scope="module")
+def shared_ranked(session: Client) -> World:
+    with pytest.MonkeyPatch.context() as patch:
+        return _world(session, patch, ranked=True)
 
 
 @pytest.fixture
-def admin(client: Client) -> actors.Actor:
-    return actors.make_admin(client)
+def own_account() -> None:
+    """Asked for by a test that reads a whole list or changes what others read: it gets a world of its own."""
+
+
+@pytest.fixture
+def world(request: pytest.FixtureRequest, session: Client) -> Iterator[World]:
+    """The world of the test: its own (``own_account``), the ranked doctors' (``ranked``), or the module's."""
+    wants_ranked = "ranked" in request.fixturenames
+    with pytest.MonkeyPatch.context() as patch:
+        if "own_account" in request.fixturenames:
+            yield _world(session, patch, ranked=wants_ranked)
+            return
+        world: World = request.getfixturevalue("shared_ranked" if wants_ranked else "shared")
+        actors.open_account(patch, world.account_id)
+        yield world
+
+
+@pytest.fixture
+def client(session: Client, world: World) -> Client:
+    return session
+
+
+@pytest.fixture
+def hospitals(world: World) -> actors.Hospitals:
+    return world.hospitals
+
+
+@pytest.fixture
+def admin(world: World) -> actors.Actor:
+    return world.admin
 
 
 def catalogue(client: Client, viewer: actors.Actor, query: str = "") -> Any:
@@ -176,8 +245,7 @@ def test_only_hospital_accounts_have_memberships(client: Client, admin: actors.A
 # --- discovery order and pages -------------------------------------------------------------------
 
 
-@pytest.fixture
-def ranked(client: Client, hospitals: actors.Hospitals, admin: actors.Actor) -> dict[str, actors.Actor]:
+def _ranked(client: Client, hospitals: actors.Hospitals, admin: actors.Actor) -> dict[str, actors.Actor]:
     """Four verified doctors at PUMCH with reputations, one at Chaoyang, one at Huashan, one unverified."""
     doctors = {
         "good": actors.make_verified_doctor(client, admin, hospitals.pumch, title="attending"),
@@ -194,6 +262,13 @@ def ranked(client: Client, hospitals: actors.Hospitals, admin: actors.Actor) -> 
     actors.set_reputation(doctors["chaoyang"].user_id, 3.0, 5.0)
     actors.set_reputation(doctors["huashan"].user_id, 4.0, 4.0)
     return doctors
+
+
+@pytest.fixture
+def ranked(world: World) -> dict[str, actors.Actor]:
+    """The ranked doctors of ``_ranked``: built once for the tests that only read them."""
+    assert world.ranked is not None
+    return world.ranked
 
 
 def _ids(doctors: dict[str, actors.Actor], *names: str) -> list[str]:
@@ -254,6 +329,7 @@ def test_catalogue_filters(client: Client, admin: actors.Actor, ranked: dict[str
         assert walk(client, admin, "/v1/anesthesiologists", query) == _ids(ranked, *expected), query
 
 
+@pytest.mark.usefixtures("own_account")
 def test_catalogue_filter_by_accepting_date(
     client: Client, admin: actors.Actor, ranked: dict[str, actors.Actor]
 ) -> None:
@@ -319,6 +395,7 @@ def test_an_unknown_hospital_is_404(client: Client) -> None:
     expect(response, 404, "hospital_not_found")
 
 
+@pytest.mark.usefixtures("own_account")
 def test_a_hospital_without_doctors_lists_none(client: Client, hospitals: actors.Hospitals) -> None:
     patient = actors.register(client, "patient")
 
@@ -383,6 +460,7 @@ def test_only_doctors_have_a_storefront(client: Client, admin: actors.Actor, tar
     expect(storefront(client, admin, user_id), 404, "doctor_not_found")
 
 
+@pytest.mark.usefixtures("own_account")
 def test_no_list_or_storefront_shows_a_phone(client: Client, hospitals: actors.Hospitals, admin: actors.Actor) -> None:
     # GIVEN a verified doctor, with a calendar
     doctor = actors.make_verified_doctor(client, admin, hospitals.pumch)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -10,12 +11,68 @@ from tests.unit import actors
 from tests.unit.actors import DOCTOR_PROFILE, call, expect, me, patch_me
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from chalice.test import Client
 
 
+# --- the accounts of the tests ---------------------------------------------------------------------
+#
+# The tests make the people they change, with phones no other test holds, and share one AWS
+# account whose hospitals are seeded once. A test that reads a whole list (a hospital's
+# doctors) gets an account of its own, seeded alike.
+
+
+@dataclass(frozen=True)
+class World:
+    """An AWS account of the module and what is in it."""
+
+    account_id: str
+    hospitals: actors.Hospitals
+
+
+@pytest.fixture(scope="module")
+def session() -> Iterator[Client]:
+    with actors.moto_session() as client:
+        yield client
+
+
+def _world(client: Client, patch: pytest.MonkeyPatch) -> World:
+    """A new account with the hospitals, left open in ``patch``."""
+    account_id = actors.open_account(patch)
+    return World(account_id, actors.seed_hospitals())
+
+
+@pytest.fixture(scope="module")
+def shared(session: Client) -> World:
+    with pytest.MonkeyPatch.context() as patch:
+        return _world(session, patch)
+
+
 @pytest.fixture
-def hospitals(client: Client) -> actors.Hospitals:
-    return actors.seed_hospitals()
+def own_account() -> None:
+    """Asked for by a test that reads a whole list: it gets an account of its own."""
+
+
+@pytest.fixture
+def world(request: pytest.FixtureRequest, session: Client, shared: World) -> Iterator[World]:
+    """The world of the test: the module's, or its own (``own_account``)."""
+    with pytest.MonkeyPatch.context() as patch:
+        if "own_account" in request.fixturenames:
+            yield _world(session, patch)
+        else:
+            actors.open_account(patch, shared.account_id)
+            yield shared
+
+
+@pytest.fixture
+def client(session: Client, world: World) -> Client:
+    return session
+
+
+@pytest.fixture
+def hospitals(world: World) -> actors.Hospitals:
+    return world.hospitals
 
 
 # --- own views -----------------------------------------------------------------------------------
@@ -284,6 +341,7 @@ def test_verified_doctor_changing_a_reviewed_field_goes_back_to_review(
     expect(call(client, "GET", f"/v1/anesthesiologists/{doctor.user_id}", patient), 404, "doctor_not_found")
 
 
+@pytest.mark.usefixtures("own_account")
 def test_verified_doctor_keeping_title_and_hospital_stays_verified(client: Client, hospitals: actors.Hospitals) -> None:
     # GIVEN a verified doctor
     admin = actors.make_admin(client)

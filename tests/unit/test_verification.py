@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -12,17 +13,74 @@ from tests.unit import actors
 from tests.unit.actors import DOCTOR_CREDENTIALS, HOSPITAL_CREDENTIALS, approve, call, expect, me, reject, submit
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from chalice.test import Client
 
 
-@pytest.fixture
-def hospitals(client: Client) -> actors.Hospitals:
-    return actors.seed_hospitals()
+# --- the accounts of the tests ---------------------------------------------------------------------
+#
+# The tests make the people they change, with phones no other test holds, and share one AWS
+# account whose hospitals are seeded once. A test that reads a whole list (a hospital's
+# doctors, the catalogue, the admin's queue) gets an account of its own, seeded alike.
+
+
+@dataclass(frozen=True)
+class World:
+    """An AWS account of the module and what is in it."""
+
+    account_id: str
+    hospitals: actors.Hospitals
+    admin: actors.Actor
+
+
+@pytest.fixture(scope="module")
+def session() -> Iterator[Client]:
+    with actors.moto_session() as client:
+        yield client
+
+
+def _world(client: Client, patch: pytest.MonkeyPatch) -> World:
+    """A new account with the hospitals and an admin, left open in ``patch``."""
+    account_id = actors.open_account(patch)
+    return World(account_id, actors.seed_hospitals(), actors.make_admin(client))
+
+
+@pytest.fixture(scope="module")
+def shared(session: Client) -> World:
+    with pytest.MonkeyPatch.context() as patch:
+        return _world(session, patch)
 
 
 @pytest.fixture
-def admin(client: Client) -> actors.Actor:
-    return actors.make_admin(client)
+def own_account() -> None:
+    """Asked for by a test that reads a whole list: it gets an account of its own."""
+
+
+@pytest.fixture
+def world(request: pytest.FixtureRequest, session: Client, shared: World) -> Iterator[World]:
+    """The world of the test: the module's, or its own (``own_account``)."""
+    with pytest.MonkeyPatch.context() as patch:
+        if "own_account" in request.fixturenames:
+            yield _world(session, patch)
+        else:
+            actors.open_account(patch, shared.account_id)
+            yield shared
+
+
+@pytest.fixture
+def client(session: Client, world: World) -> Client:
+    return session
+
+
+@pytest.fixture
+def hospitals(world: World) -> actors.Hospitals:
+    return world.hospitals
+
+
+@pytest.fixture
+def admin(world: World) -> actors.Actor:
+    return world.admin
 
 
 def verify(client: Client, actor: actors.Actor, credentials: dict[str, Any]) -> Any:
@@ -172,6 +230,7 @@ def test_credentials_are_stored_encrypted(client: Client, hospitals: actors.Hosp
 # --- the queue -----------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("own_account")
 def test_the_queue_lists_oldest_first_with_credentials(
     client: Client, hospitals: actors.Hospitals, admin: actors.Actor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -202,6 +261,7 @@ def test_the_queue_lists_oldest_first_with_credentials(
     assert doctor_entry["submitted_at"] < hospital_entry["submitted_at"] < items[2]["submitted_at"]
 
 
+@pytest.mark.usefixtures("own_account")
 def test_the_queue_pages_with_a_cursor(client: Client, hospitals: actors.Hospitals, admin: actors.Actor) -> None:
     applicants = [actors.make_doctor(client, hospitals.pumch) for _ in range(3)]
     for applicant in applicants:
@@ -228,6 +288,7 @@ def test_a_forged_queue_cursor_is_400(client: Client, admin: actors.Actor) -> No
 # --- decisions -----------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("own_account")
 def test_approve_verifies_and_lists_the_doctor(
     client: Client, hospitals: actors.Hospitals, admin: actors.Actor
 ) -> None:
@@ -260,6 +321,7 @@ def test_approve_verifies_and_lists_the_doctor(
     expect(submit(client, doctor), 409, "already_verified")
 
 
+@pytest.mark.usefixtures("own_account")
 def test_approving_a_hospital_does_not_list_it_as_a_doctor(
     client: Client, hospitals: actors.Hospitals, admin: actors.Actor
 ) -> None:
@@ -271,6 +333,7 @@ def test_approving_a_hospital_does_not_list_it_as_a_doctor(
     assert expect(call(client, "GET", "/v1/anesthesiologists", admin), 200)["items"] == []
 
 
+@pytest.mark.usefixtures("own_account")
 def test_reject_shows_the_reason_and_a_resubmission_is_pending(
     client: Client, hospitals: actors.Hospitals, admin: actors.Actor
 ) -> None:
