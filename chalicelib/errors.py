@@ -19,7 +19,7 @@ class ApiError(Exception):
     """Raise from a handler or a domain module to answer with the error shape.
 
     It carries no Chalice type, so domain modules can raise it; the route wrapper
-    (``handlers.access.allow``) hands it to the middleware, which renders it.
+    (``handlers.access.route``) hands it to the middleware, which renders it.
 
     >>> ApiError(409, "conflict", "Try again", "请重试").status
     409

@@ -31,8 +31,6 @@ if TYPE_CHECKING:
     from pynamodb.models import Model
 
 M = TypeVar("M", bound="Model")
-DEFAULT_LIMIT = 20
-MAX_LIMIT = 100
 
 
 def _signature(scope: str, payload: bytes) -> bytes:

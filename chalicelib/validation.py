@@ -18,6 +18,7 @@ import re
 from typing import Annotated, Any, TypeVar
 
 import msgspec
+import msgspec.json
 
 from chalicelib.errors import ApiError
 
@@ -41,10 +42,19 @@ def _refusal(error: msgspec.ValidationError) -> ApiError:
     return invalid(_PATH.sub("", message), field or None)
 
 
+def _require_unicode(payload: Any) -> None:
+    """Refuse text that cannot be stored: JSON admits lone surrogates (``"\\ud800"``), UTF-8 does not."""
+    try:
+        msgspec.json.encode(payload)
+    except UnicodeEncodeError:
+        raise invalid("Text must be valid Unicode (no lone surrogates)") from None
+
+
 def parse(payload: Any, schema: type[T]) -> T:
     """``payload`` as ``schema``; 400 when there is no body, 422 naming the field otherwise."""
     if payload is None:
         raise ApiError(400, "body_required", "A JSON body is required", "请求体不能为空")
+    _require_unicode(payload)
     try:
         return msgspec.convert(payload, schema, strict=True)
     except msgspec.ValidationError as error:
@@ -53,9 +63,11 @@ def parse(payload: Any, schema: type[T]) -> T:
 
 def parse_query(params: dict[str, str] | None, schema: type[T]) -> T:
     """Query-string parameters as ``schema`` (numbers and dates converted from text)."""
+    values = dict(params or {})
+    _require_unicode(values)
     try:
         # a plain dict: msgspec checks unknown fields of mappings, not of Chalice's MultiDict
-        return msgspec.convert(dict(params or {}), schema, strict=False)
+        return msgspec.convert(values, schema, strict=False)
     except msgspec.ValidationError as error:
         raise _refusal(error) from None
 

@@ -14,13 +14,16 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from pynamodb.exceptions import DoesNotExist
+from pynamodb.exceptions import DoesNotExist, TransactWriteError
 from pynamodb.transactions import TransactWrite
 
 from chalicelib.accounts.roles import HOSPITAL, Principal
-from chalicelib.clock import iso, start_of_shanghai_day
+from chalicelib.clock import iso, shanghai_date, start_of_shanghai_day
 from chalicelib.errors import ApiError
+from chalicelib.models.transactions import CONDITION_FAILED, CONFLICT, busy, cancellation_codes
 from chalicelib.models.users import Account, Membership, MembershipChange, UsersTable
+
+MAX_CONTRACT = timedelta(days=3653)
 
 
 def _membership(user_id: str) -> Membership | None:
@@ -65,6 +68,10 @@ def set_by_contract(
             raise ApiError(
                 422, "validation_failed", "ends_on is required to grant", "开通会员需要结束日期", {"field": "ends_on"}
             )
+        if ends_on > shanghai_date(now) + MAX_CONTRACT:
+            raise ApiError(
+                422, "validation_failed", "A contract runs at most 10 years", "会员合同最长十年", {"field": "ends_on"}
+            )
         ends_at = start_of_shanghai_day(ends_on + timedelta(days=1))
         if ends_at <= now:
             raise ApiError(
@@ -88,7 +95,12 @@ def set_by_contract(
         reference,
         admin.user_id,
     )
-    with TransactWrite(connection=UsersTable._get_connection().connection) as transaction:
-        transaction.save(record)
-        transaction.save(change, condition=MembershipChange.sk.does_not_exist())
+    try:
+        with TransactWrite(connection=UsersTable._get_connection().connection) as transaction:
+            transaction.save(record)
+            transaction.save(change, condition=MembershipChange.sk.does_not_exist())
+    except TransactWriteError as error:
+        if {CONDITION_FAILED, CONFLICT} & set(cancellation_codes(error)):
+            raise busy() from None
+        raise
     return view(hospital_user_id, now)

@@ -28,6 +28,7 @@ from chalicelib.directory import hospitals
 from chalicelib.doctors.ranking import DISCOVERY_ATTRIBUTES
 from chalicelib.doctors.vocabulary import TITLES, Specialty, Title
 from chalicelib.errors import ApiError
+from chalicelib.models.transactions import CONDITION_FAILED, CONFLICT, busy, cancellation_codes
 from chalicelib.models.users import Account, LoginAlias
 from chalicelib.security import privacy
 from chalicelib.validation import invalid
@@ -65,8 +66,10 @@ ALLOWED_FIELDS: dict[str, frozenset[str]] = {
     HOSPITAL: frozenset({"hospital_id", "contact_name", "contact_phone"}),
     ADMIN: frozenset({"name"}),
 }
-REVIEWED_FIELDS = frozenset({"hospital_id", "title"})
-"""Changing one of these on a verified account sends it back to review."""
+REVIEWED_FIELDS = frozenset({"name", "hospital_id", "title"})
+"""What the back office checks against the credentials: a change on a verified account
+sends it back to review, and is refused while a review is pending (the admin would
+approve what they never saw)."""
 
 
 def load_account(user_id: str) -> Account:
@@ -189,8 +192,12 @@ def back_to_review_actions(now: datetime) -> list[Any]:
 
 
 def _phone_move(account: Account, raw_phone: str | None) -> tuple[str | None, str] | None:
-    """The (old, new) login alias keys when the account's phone changes, else None."""
-    if raw_phone is None:
+    """The (old, new) login alias keys when a phone-login account's phone changes, else None.
+
+    An account that signs in by WeChat keeps its phone as a contact number only: giving
+    it a login alias would let anyone claim a number they have not proved is theirs.
+    """
+    if raw_phone is None or account.password_hash is None:
         return None
     new_key = signin.phone_alias_key(mainland_mobile(raw_phone))
     old_phone = _plain("phone", account.phone_cipher)
@@ -218,12 +225,13 @@ def _write(account: Account, actions: list[Any], phone_move: tuple[str | None, s
                     transaction.delete(LoginAlias(old_key, "LOGIN"), condition=LoginAlias.user_id == account.user_id)
     except TransactWriteError as error:
         # PynamoDB sends deletes, then puts, then updates: [old alias?, new alias, account]
-        codes = [reason.code if reason else None for reason in error.cancellation_reasons or []]
-        new_alias_index = len(codes) - 2
-        if phone_move is not None and codes[new_alias_index] == "ConditionalCheckFailed":
+        codes = cancellation_codes(error)
+        if phone_move is not None and codes[len(codes) - 2] == CONDITION_FAILED:
             raise ApiError(409, "phone_taken", "This phone number already has an account", "该手机号已注册") from None
-        if "ConditionalCheckFailed" in codes:
+        if CONDITION_FAILED in codes:
             raise conflict from None
+        if CONFLICT in codes:
+            raise busy() from None
         raise
 
 
@@ -243,8 +251,18 @@ def update_profile(principal: Principal, patch: ProfilePatch, now: datetime) -> 
         )
     account = load_account(principal.user_id)
     actions = _actions(account, changes)
-    reviewed = any(field in REVIEWED_FIELDS and getattr(account, field) != value for field, value in changes.items())
-    if account.verification_status == "verified" and reviewed:
+    reviewed = sorted(
+        field for field, value in changes.items() if field in REVIEWED_FIELDS and getattr(account, field) != value
+    )
+    if reviewed and account.verification_status == "pending":
+        raise ApiError(
+            409,
+            "verification_pending",
+            f"{', '.join(reviewed)} cannot change while the account is under review",
+            "审核期间不能修改这些资料",
+            {"fields": reviewed},
+        )
+    if reviewed and account.verification_status == "verified":
         actions += back_to_review_actions(now)
     actions += [Account.revision.add(1), Account.updated_at.set(iso(now))]
     _write(account, actions, _phone_move(account, changes.get("phone")), now)

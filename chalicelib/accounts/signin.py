@@ -25,6 +25,7 @@ from chalicelib.accounts.roles import ADMIN, Principal
 from chalicelib.clock import iso
 from chalicelib.config import get_settings
 from chalicelib.errors import ApiError
+from chalicelib.models.transactions import CONDITION_FAILED, CONFLICT, busy, cancellation_codes
 from chalicelib.models.users import Account, LoginAlias, LoginThrottle, UsersTable
 from chalicelib.security import passwords, privacy
 
@@ -68,9 +69,11 @@ def _create(account: Account, alias_keys: list[str], now: datetime) -> None:
             for key in alias_keys:
                 transaction.save(login_alias(key, account.user_id, now), condition=LoginAlias.pk.does_not_exist())
     except TransactWriteError as error:
-        reasons = [reason.code if reason else None for reason in error.cancellation_reasons or []]
-        if "ConditionalCheckFailed" in reasons:
+        codes = cancellation_codes(error)
+        if CONDITION_FAILED in codes:
             raise AliasTakenError from None
+        if CONFLICT in codes:
+            raise busy() from None
         raise
 
 
@@ -165,19 +168,33 @@ def create_admin(phone: str, password: str, name: str, now: datetime) -> str:
 # --- WeChat ------------------------------------------------------------------------------------
 
 
-def _link_app(account: Account, identity: WeChatIdentity, now: datetime) -> None:
-    """Remember the openid of this app on an account found by unionid (payments need it)."""
-    openids = dict(account.wechat_openids.as_dict()) if account.wechat_openids else {}
-    if openids.get(identity.app_id) == identity.openid:
-        return
+def _put_alias(key: str, user_id: str, now: datetime) -> bool:
+    """Write a login alias unless one exists; False when it did (another account, or a concurrent login)."""
     try:
-        login_alias(f"LOGIN#openid#{identity.app_id}#{identity.openid}", account.user_id, now).save(
-            condition=LoginAlias.pk.does_not_exist()
-        )
-    except PutError as error:  # already written by a concurrent first login of the same person
+        login_alias(key, user_id, now).save(condition=LoginAlias.pk.does_not_exist())
+    except PutError as error:
         if error.cause_response_code != "ConditionalCheckFailedException":
             raise
-    account.update(actions=[Account.wechat_openids[identity.app_id].set(identity.openid)])
+        return False
+    return True
+
+
+def _link_app(account: Account, identity: WeChatIdentity, now: datetime) -> None:
+    """Remember what this login taught us: the app's openid (payments need it) and the unionid.
+
+    An account made from a login without a unionid learns it here, so the person's other
+    apps find the same account. A unionid already linked elsewhere is left alone.
+    """
+    actions = []
+    openids = dict(account.wechat_openids.as_dict()) if account.wechat_openids else {}
+    if openids.get(identity.app_id) != identity.openid:
+        _put_alias(f"LOGIN#openid#{identity.app_id}#{identity.openid}", account.user_id, now)
+        actions.append(Account.wechat_openids[identity.app_id].set(identity.openid))
+    learns_unionid = identity.unionid is not None and not account.wechat_unionid
+    if learns_unionid and _put_alias(f"LOGIN#unionid#{identity.unionid}", account.user_id, now):
+        actions.append(Account.wechat_unionid.set(identity.unionid))
+    if actions:
+        account.update(actions=actions)
 
 
 def _wechat_account(identity: WeChatIdentity) -> Account | None:
@@ -193,6 +210,13 @@ def _signed_in(account: Account, identity: WeChatIdentity, created: bool, now: d
         _link_app(account, identity, now)
     session = tokens.start_session(Principal(account.user_id, account.role), now)
     return {**session.as_response(), "created": created}
+
+
+def already_signed_up() -> ApiError:
+    """A sign-up ticket works only to create the account: it never signs in (it could be replayed)."""
+    return ApiError(
+        409, "already_signed_up", "This WeChat user has an account; sign in with a new code", "该微信已注册，请重新登录"
+    )
 
 
 def login_with_wechat(
@@ -213,6 +237,8 @@ def login_with_wechat(
             422, "validation_failed", "Send a code or a signup_ticket", "请提供微信登录凭证", {"field": "code"}
         )
     account = _wechat_account(identity)
+    if account is not None and signup_ticket is not None:
+        raise already_signed_up()
     if account is not None:
         return 200, _signed_in(account, identity, False, now)
     if role is None:
@@ -227,5 +253,7 @@ def login_with_wechat(
         existing = _wechat_account(identity)  # the same person signed up a moment ago
         if existing is None:
             raise
+        if signup_ticket is not None:
+            raise already_signed_up() from None
         return 200, _signed_in(existing, identity, False, now)
     return 201, _signed_in(account, identity, True, now)

@@ -27,6 +27,7 @@ from pynamodb.transactions import TransactWrite
 from chalicelib.accounts.roles import ACCOUNT_ROLES, Principal
 from chalicelib.config import get_settings
 from chalicelib.errors import ApiError
+from chalicelib.models.transactions import CONDITION_FAILED, CONFLICT, busy, cancellation_codes
 from chalicelib.models.users import RefreshToken, SessionFamily, UsersTable
 from chalicelib.security.keys import get_keys
 
@@ -161,6 +162,7 @@ def start_session(principal: Principal, now: datetime) -> Session:
     refresh, item = _new_refresh_item(principal, family, now)
     session_family = SessionFamily(f"USER#{principal.user_id}", f"SESSION#{family}")
     session_family.created_at = now.isoformat()
+    session_family.expires_at = item.expires_at  # a family lives as long as its newest token
     with TransactWrite(connection=_connection()) as transaction:
         transaction.save(session_family, condition=SessionFamily.pk.does_not_exist())
         transaction.save(item, condition=RefreshToken.pk.does_not_exist())
@@ -201,22 +203,26 @@ def refresh_session(token: str, now: datetime) -> Session:
     family = SessionFamily(f"USER#{principal.user_id}", f"SESSION#{current.family}")
     try:
         with TransactWrite(connection=_connection()) as transaction:
+            transaction.save(item, condition=RefreshToken.pk.does_not_exist())
             transaction.update(
                 current,
                 actions=[RefreshToken.used_at.set(now.isoformat())],
                 condition=RefreshToken.used_at.does_not_exist(),
             )
-            transaction.condition_check(SessionFamily, family.pk, family.sk, condition=SessionFamily.revoked == False)  # noqa: E712
-            transaction.save(item, condition=RefreshToken.pk.does_not_exist())
+            transaction.update(
+                family,
+                actions=[SessionFamily.expires_at.set(item.expires_at)],
+                condition=SessionFamily.revoked == False,  # noqa: E712
+            )
     except TransactWriteError as error:
-        # PynamoDB sends condition checks, then puts, then updates: [family, new token, used-mark]
-        codes = [reason.code if reason else None for reason in error.cancellation_reasons or []] + [None] * 3
-        family_refused, used_refused = codes[0] == "ConditionalCheckFailed", codes[2] == "ConditionalCheckFailed"
-        if used_refused:
+        _, used_mark, family_check = cancellation_codes(error, 3)  # puts, then updates in order
+        if used_mark == CONDITION_FAILED:
             _revoke_family(current.user_id, current.family)
             raise _refresh_refused(*TOKEN_REUSED) from None
-        if family_refused:
+        if family_check == CONDITION_FAILED:
             raise _refresh_refused("session_revoked", "This session was signed out; sign in again") from None
+        if CONFLICT in (used_mark, family_check):
+            raise busy() from None
         raise
     access, lifetime = issue_access_token(principal, now)
     return Session(principal, access, lifetime, replacement)

@@ -34,6 +34,7 @@ from pynamodb.transactions import TransactWrite
 from chalicelib.clock import iso
 from chalicelib.directory.vocabulary import GRADES
 from chalicelib.errors import ApiError
+from chalicelib.models.transactions import CONDITION_FAILED, CONFLICT, busy, cancellation_codes
 from chalicelib.models.users import Hospital, HospitalTerm, UsersTable
 from chalicelib.pagination import decode_cursor, encode_cursor, read_page
 from chalicelib.validation import invalid
@@ -47,6 +48,10 @@ SEED_CREATOR = "seed"
 BROWSE_TERM = "*"
 """The sort-key term of the browse entry; no real term has it (terms keep letters and digits only)."""
 TRANSACTION_LIMIT = 100
+MAX_NAME_CHARACTERS = 60
+"""Normalisation can lengthen text (NFKC turns one character into up to 18), and DynamoDB
+keys hold 1,024 bytes: names, aliases and queries are capped after normalising."""
+MAX_QUERY_BYTES = 300
 """Items one DynamoDB transaction may write."""
 FILL_ROUNDS = 3
 """How many times a search page may read on to replace hospitals it already holds."""
@@ -84,13 +89,16 @@ def canonical_city(city: str) -> str:
     return name[:-1] if len(name) > 1 and name.endswith("市") else name
 
 
-def hospital_id_for(name: str) -> str:
-    """A deterministic id, so seeding twice (or adding the same name twice) meets the same item.
+def hospital_id_for(name: str, city: str) -> str:
+    """A deterministic id from the name and the city, so seeding twice meets the same item.
 
-    >>> hospital_id_for("北京 协和医院") == hospital_id_for("北京协和医院")
+    Many cities have a 第一人民医院: the same name in another city is another hospital.
+
+    >>> hospital_id_for("北京 协和医院", "北京市") == hospital_id_for("北京协和医院", "北京")
     True
     """
-    return "h-" + hashlib.sha256(normalize_query(name).encode()).hexdigest()[:12]
+    key = f"{normalize_query(name)}|{canonical_city(city)}"
+    return "h-" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 def _pinyin(text: str, *, initials: bool) -> list[str]:
@@ -210,8 +218,8 @@ def _exists(name: str, hospital_id: str) -> ApiError:
     return ApiError(
         409,
         "hospital_exists",
-        "The directory already has a hospital with this name",
-        "医院目录中已有同名医院",
+        "The directory already has a hospital with this name in this city",
+        "该城市的医院目录中已有同名医院",
         {"hospital_id": hospital_id, "name": name},
     )
 
@@ -266,7 +274,10 @@ def add_hospital(
         raise invalid("province must not be empty", "province")
     if grade is not None and grade not in GRADES:
         raise invalid(f"grade must be one of {', '.join(GRADES)}", "grade")
-    hospital_id = hospital_id_for(name)
+    for field, text in (("name", name), *((f"aliases[{i}]", alias) for i, alias in enumerate(aliases))):
+        if len(normalize_query(text)) > MAX_NAME_CHARACTERS:
+            raise invalid(f"{field} is too long once normalised (at most {MAX_NAME_CHARACTERS} characters)", field)
+    hospital_id = hospital_id_for(name, city)
     kept_aliases = _clean_aliases(name, aliases)
     order = f"{full_pinyin(name)}#{hospital_id}"
     hospital = Hospital(
@@ -296,9 +307,11 @@ def add_hospital(
                 for term in terms:
                     transaction.save(term)
         except TransactWriteError as error:
-            reasons = [reason.code if reason else None for reason in error.cancellation_reasons or []]
-            if reasons and reasons[0] == "ConditionalCheckFailed":
+            codes = cancellation_codes(error, 1)  # puts in order: the hospital first
+            if codes[0] == CONDITION_FAILED:
                 raise _exists(name, hospital_id) from None
+            if CONFLICT in codes:
+                raise busy() from None
             raise
     else:
         try:
@@ -380,6 +393,8 @@ def search(q: str | None, city: str | None, limit: int, cursor: str | None) -> d
     place = canonical_city(city or "")
     scope = f"hospitals:{term}:{place}"
     start = decode_cursor(cursor, scope)
+    if len(term.encode()) > MAX_QUERY_BYTES:
+        return {"items": [], "next_cursor": None}  # longer than any stored term: nothing can match
     if term:
         return _search_terms(term, place, limit, start, scope)
     if place:
@@ -396,7 +411,10 @@ def seed_directory(now: datetime) -> int:
 
     Safe to run again: present hospitals are skipped (one batch read finds them).
     """
-    entries = {hospital_id_for(entry["name"]): entry for entry in json.loads(DATA_FILE.read_text(encoding="utf-8"))}
+    entries = {
+        hospital_id_for(entry["name"], entry["city"]): entry
+        for entry in json.loads(DATA_FILE.read_text(encoding="utf-8"))
+    }
     present = {
         hospital.hospital_id for hospital in Hospital.batch_get([(f"HOSPITAL#{key}", "DIRECTORY") for key in entries])
     }

@@ -24,6 +24,7 @@ from chalicelib.accounts.profiles import load_account
 from chalicelib.clock import iso, shanghai_date
 from chalicelib.errors import ApiError
 from chalicelib.models.invitations import CalendarDay
+from chalicelib.models.transactions import CONDITION_FAILED, CONFLICT, busy, cancellation_codes
 from chalicelib.models.users import Account
 from chalicelib.validation import invalid
 
@@ -139,6 +140,15 @@ def view(doctor_id: str, first: date | None, last: date | None, now: datetime) -
     }
 
 
+def _keeps_bookings(setting: DaySetting) -> Any:
+    """The day's bookings still fit: no capacity below what is booked, no booked day made a day off."""
+    invitations = setting.invitation_capacity if setting.working else 0
+    consultations = setting.consultation_capacity if setting.working else 0
+    return (CalendarDay.invitations_booked.does_not_exist() | (CalendarDay.invitations_booked <= invitations)) & (
+        CalendarDay.consultations_booked.does_not_exist() | (CalendarDay.consultations_booked <= consultations)
+    )
+
+
 def set_days(doctor_id: str, update: CalendarUpdate, now: datetime) -> dict[str, Any]:
     """Write the days of ``update`` and refresh the profile's accepting dates, in one transaction."""
     today = shanghai_date(now)
@@ -167,16 +177,7 @@ def set_days(doctor_id: str, update: CalendarUpdate, now: datetime) -> dict[str,
                         CalendarDay.consultation_capacity.set(setting.consultation_capacity),
                         CalendarDay.updated_at.set(iso(now)),
                     ],
-                    condition=(
-                        (
-                            CalendarDay.invitations_booked.does_not_exist()
-                            | (CalendarDay.invitations_booked <= setting.invitation_capacity)
-                        )
-                        & (
-                            CalendarDay.consultations_booked.does_not_exist()
-                            | (CalendarDay.consultations_booked <= setting.consultation_capacity)
-                        )
-                    ),
+                    condition=_keeps_bookings(setting),
                 )
             transaction.update(
                 account,
@@ -188,18 +189,18 @@ def set_days(doctor_id: str, update: CalendarUpdate, now: datetime) -> dict[str,
                 condition=Account.revision == account.revision,
             )
     except TransactWriteError as error:
-        reasons = [reason.code if reason else None for reason in error.cancellation_reasons or []]
-        refused = [
-            ordered[i].isoformat() for i, code in enumerate(reasons[: len(ordered)]) if code == "ConditionalCheckFailed"
-        ]
+        codes = cancellation_codes(error)  # updates in the order added: the days, then the profile
+        refused = [ordered[i].isoformat() for i, code in enumerate(codes[: len(ordered)]) if code == CONDITION_FAILED]
         if refused:
             raise ApiError(
                 409,
                 "capacity_below_booked",
-                "A capacity cannot go below what is already booked",
+                "A capacity cannot go below what is already booked, nor a booked day become a day off",
                 "容量不能低于已预约数量",
                 {"dates": refused},
             ) from None
+        if CONFLICT in codes:
+            raise busy() from None
         if error.cause_response_code == "TransactionCanceledException":
             raise ApiError(409, "conflict", "The calendar changed meanwhile; retry", "日程已被修改，请重试") from None
         raise

@@ -78,7 +78,7 @@ def all_doctors(filters: dict[str, str | date | None], limit: int, cursor: str |
     condition = None
     parts = []
     if filters.get("city"):
-        parts.append(Account.city == str(filters["city"]).removesuffix("市"))
+        parts.append(Account.city == hospitals.canonical_city(str(filters["city"])))
     if filters.get("title"):
         parts.append(Account.title == filters["title"])
     if filters.get("specialty"):

@@ -53,11 +53,6 @@ def current_principal() -> Principal:
     return principal
 
 
-def optional_principal() -> Principal | None:
-    """The caller when a bearer token came with the request, else None."""
-    return _principal.get()
-
-
 def unauthorized(code: str = "unauthorized", message: str = "Sign in first") -> ApiError:
     return ApiError(401, code, message, "请先登录")
 

@@ -65,14 +65,3 @@ def mask_phone(phone: str) -> str:
     """
     digits = phone[-11:]
     return f"{digits[:3]}****{digits[-4:]}"
-
-
-def mask_middle(value: str, keep_start: int = 3, keep_end: int = 4) -> str:
-    """Mask all but the ends of an identifier.
-
-    >>> mask_middle("110101199003074478", 6, 4)
-    '110101********4478'
-    """
-    if len(value) <= keep_start + keep_end:
-        return "*" * len(value)
-    return value[:keep_start] + "*" * (len(value) - keep_start - keep_end) + value[-keep_end:]

@@ -37,6 +37,7 @@ T = TypeVar("T")
 PASSWORD = "correct-horse-9"
 XIEHE = "\u5317\u4eac\u534f\u548c\u533b\u9662"  # 北京协和医院
 PKU_FIRST = "\u5317\u4eac\u5927\u5b66\u7b2c\u4e00\u533b\u9662"  # 北京大学第一医院
+BEIJING_CITY = "\u5317\u4eac"  # 北京
 DOCTOR_CREDENTIALS = Credentials(
     practising_certificate_no="110110000012345",
     qualification_certificate_no="QC20260001",
@@ -103,7 +104,7 @@ def _doctor_with_profile(hospital_name: str, now: datetime, name: str = "Dr Wang
     principal = signin.register_with_phone(_phone(), PASSWORD, DOCTOR, None, now).principal
     patch = ProfilePatch(
         name=name,
-        hospital_id=hospital_id_for(hospital_name),
+        hospital_id=hospital_id_for(hospital_name, BEIJING_CITY),
         title="attending",
         invitation_fee=50000,
         consultation_fee=10000,
@@ -366,7 +367,7 @@ def test_two_admins_approving_at_once_record_one_decision(tables: list[str], dir
     assert account is not None
     assert account.verification_status == "verified"
     assert account.review_queue is None
-    assert account.hospital_key == f"HOSPITAL#{hospital_id_for(XIEHE)}"
+    assert account.hospital_key == f"HOSPITAL#{hospital_id_for(XIEHE, BEIJING_CITY)}"
 
 
 # --- discovery ----------------------------------------------------------------------------------
@@ -399,7 +400,7 @@ def test_hospital_listing_pages_best_first_without_repeats(tables: list[str], di
     # AND one doctor of the same hospital still waiting for review
     _pending_doctor(PKU_FIRST, now, name="Dr Pending")
     # WHEN the hospital's list is read two at a time, following the cursor
-    hospital_id = hospital_id_for(PKU_FIRST)
+    hospital_id = hospital_id_for(PKU_FIRST, BEIJING_CITY)
     pages = [discovery.doctors_of_hospital(hospital_id, 2, None, now)]
     while pages[-1]["next_cursor"] is not None:
         assert len(pages) < 5, "the cursor does not end"

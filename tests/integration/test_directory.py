@@ -22,7 +22,7 @@ def seeded(tables: list[str]) -> list[dict[str, object]]:
     added = hospitals.seed_directory(datetime.now(UTC))
     assert 0 <= added <= len(entries)
     present = Hospital.batch_get(
-        [(f"HOSPITAL#{hospitals.hospital_id_for(entry['name'])}", "DIRECTORY") for entry in entries]
+        [(f"HOSPITAL#{hospitals.hospital_id_for(entry['name'], entry['city'])}", "DIRECTORY") for entry in entries]
     )
     assert len(list(present)) == len(entries)
     return entries

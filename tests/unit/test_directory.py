@@ -73,7 +73,7 @@ def sample_account(session: Client) -> tuple[str, dict[str, str]]:
         account_id = actors.open_account(patch)
         for name, aliases, city, province in SAMPLE:
             hospitals.add_hospital(name, aliases, city, province, TOP_GRADE, "u-admin", NOW)
-    return account_id, {name: hospitals.hospital_id_for(name) for name, *_ in SAMPLE}
+    return account_id, {name: hospitals.hospital_id_for(name, city) for name, _, city, _ in SAMPLE}
 
 
 @pytest.fixture
@@ -160,11 +160,11 @@ def test_canonical_city_drops_a_trailing_shi() -> None:
 
 
 def test_hospital_ids_are_deterministic() -> None:
-    first = hospitals.hospital_id_for(PUMCH)
+    first = hospitals.hospital_id_for(PUMCH, BEIJING)
 
-    assert first == hospitals.hospital_id_for(PUMCH)
-    assert first == hospitals.hospital_id_for(f" {PUMCH[:2]} {PUMCH[2:]} ")
-    assert first != hospitals.hospital_id_for(CHAOYANG)
+    assert first == hospitals.hospital_id_for(PUMCH, BEIJING)
+    assert first == hospitals.hospital_id_for(f" {PUMCH[:2]} {PUMCH[2:]} ", f"{BEIJING}\u5e02")
+    assert first != hospitals.hospital_id_for(CHAOYANG, BEIJING)
     assert first.startswith("h-")
     assert len(first) == 14
 
@@ -177,7 +177,7 @@ def test_the_data_file_is_a_real_directory() -> None:
 
     assert len(entries) >= 60
     assert len({entry["city"] for entry in entries}) >= 8
-    assert len({hospitals.hospital_id_for(entry["name"]) for entry in entries}) == len(entries)
+    assert len({hospitals.hospital_id_for(entry["name"], entry["city"]) for entry in entries}) == len(entries)
     for entry in entries:
         assert set(entry) == {"name", "aliases", "city", "province", "grade"}, entry
         assert entry["grade"] in GRADES
@@ -200,7 +200,7 @@ def test_add_hospital_writes_the_hospital_its_terms_and_a_browse_entry(aws: None
         PUMCH, [XIEHE_HOSPITAL, f" {XIEHE_HOSPITAL} ", PUMCH], BEIJING_CITY, BEIJING, None, "u-1", NOW
     )
 
-    hospital_id = hospitals.hospital_id_for(PUMCH)
+    hospital_id = hospitals.hospital_id_for(PUMCH, BEIJING)
     assert view == {
         "hospital_id": hospital_id,
         "name": PUMCH,
@@ -231,10 +231,34 @@ def test_adding_the_same_name_again_is_a_conflict(aws: None) -> None:
     hospitals.add_hospital(PUMCH, [], BEIJING, BEIJING, TOP_GRADE, "u-1", NOW)
 
     with pytest.raises(ApiError) as raised:
-        hospitals.add_hospital(f"{PUMCH} ", [XIEHE_HOSPITAL], SHANGHAI, SHANGHAI, None, "u-2", NOW)
+        hospitals.add_hospital(f"{PUMCH} ", [XIEHE_HOSPITAL], BEIJING_CITY, BEIJING, None, "u-2", NOW)
 
     assert (raised.value.status, raised.value.code) == (409, "hospital_exists")
-    assert hospitals.require_hospital(hospitals.hospital_id_for(PUMCH)).city == BEIJING
+    assert hospitals.require_hospital(hospitals.hospital_id_for(PUMCH, BEIJING)).created_by == "u-1"
+
+
+def test_the_same_name_in_another_city_is_another_hospital(aws: None) -> None:
+    # GIVEN a hospital name that many cities share (here: the same name in Beijing and Shanghai)
+    in_beijing = hospitals.add_hospital(PUMCH, [], BEIJING, BEIJING, TOP_GRADE, "u-1", NOW)
+
+    # WHEN it is added for another city
+    in_shanghai = hospitals.add_hospital(PUMCH, [], SHANGHAI, SHANGHAI, None, "u-1", NOW)
+
+    # THEN both exist, each findable in its own city
+    assert in_beijing["hospital_id"] != in_shanghai["hospital_id"]
+    assert [item["city"] for item in hospitals.search(PUMCH, SHANGHAI, 10, None)["items"]] == [SHANGHAI]
+
+
+def test_a_name_too_long_once_normalised_is_refused(aws: None) -> None:
+    # NFKC turns U+FDFA into 18 characters: 10 of them become 180
+    with pytest.raises(ApiError) as raised:
+        hospitals.add_hospital("\ufdfa" * 10, [], BEIJING, BEIJING, None, "u-1", NOW)
+
+    assert (raised.value.status, raised.value.code, raised.value.details["field"]) == (422, "validation_failed", "name")
+
+
+def test_a_query_too_long_once_normalised_finds_nothing(aws: None) -> None:
+    assert hospitals.search("\ufdfa" * 35, None, 10, None) == {"items": [], "next_cursor": None}
 
 
 def test_a_hospital_with_more_terms_than_a_transaction_holds(aws: None) -> None:
@@ -275,8 +299,8 @@ def test_seed_directory_adds_only_what_is_missing(aws: None, tmp_path: Path, mon
 
     # THEN the two others are added once, and the admin's hospital is left alone
     assert (first, second) == (2, 0)
-    assert hospitals.require_hospital(hospitals.hospital_id_for(PUMCH)).created_by == "u-admin"
-    assert hospitals.require_hospital(hospitals.hospital_id_for(HUASHAN)).created_by == hospitals.SEED_CREATOR
+    assert hospitals.require_hospital(hospitals.hospital_id_for(PUMCH, BEIJING)).created_by == "u-admin"
+    assert hospitals.require_hospital(hospitals.hospital_id_for(HUASHAN, SHANGHAI)).created_by == hospitals.SEED_CREATOR
 
 
 # --- GET /v1/hospitals -----------------------------------------------------------------------------
@@ -425,7 +449,7 @@ def test_an_admin_adds_a_hospital(client: Client) -> None:
 
     assert response.status_code == 201
     assert response.json_body == {
-        "hospital_id": hospitals.hospital_id_for(PUMCH),
+        "hospital_id": hospitals.hospital_id_for(PUMCH, BEIJING),
         "name": PUMCH,
         "aliases": [XIEHE_HOSPITAL],
         "city": BEIJING,
@@ -433,7 +457,7 @@ def test_an_admin_adds_a_hospital(client: Client) -> None:
         "grade": TOP_GRADE,
     }
     assert names(client.http.get("/v1/hospitals?q=xh")) == [PUMCH]
-    assert hospitals.require_hospital(hospitals.hospital_id_for(PUMCH)).created_by == "u-admin"
+    assert hospitals.require_hospital(hospitals.hospital_id_for(PUMCH, BEIJING)).created_by == "u-admin"
 
 
 def test_adding_an_existing_hospital_is_409(client: Client) -> None:
@@ -443,7 +467,7 @@ def test_adding_an_existing_hospital_is_409(client: Client) -> None:
 
     assert response.status_code == 409
     assert response.json_body["error"]["code"] == "hospital_exists"
-    assert response.json_body["error"]["details"]["hospital_id"] == hospitals.hospital_id_for(PUMCH)
+    assert response.json_body["error"]["details"]["hospital_id"] == hospitals.hospital_id_for(PUMCH, BEIJING)
 
 
 def test_only_admins_add_hospitals(client: Client) -> None:
@@ -454,7 +478,7 @@ def test_only_admins_add_hospitals(client: Client) -> None:
 
     assert (as_doctor.status_code, as_doctor.json_body["error"]["code"]) == (403, "forbidden")
     assert (anonymous.status_code, anonymous.json_body["error"]["code"]) == (401, "unauthorized")
-    assert hospitals.get_hospital(hospitals.hospital_id_for(PUMCH)) is None
+    assert hospitals.get_hospital(hospitals.hospital_id_for(PUMCH, BEIJING)) is None
 
 
 @pytest.mark.parametrize(

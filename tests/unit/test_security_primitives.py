@@ -20,7 +20,7 @@ from chalicelib.errors import ApiError
 from chalicelib.pagination import decode_cursor, encode_cursor
 from chalicelib.security import keys, passwords, privacy
 from chalicelib.security.keys import Keys, get_keys, keys_from_secret
-from chalicelib.security.privacy import DecryptionError, decrypt, encrypt, lookup_hash, mask_middle, mask_phone
+from chalicelib.security.privacy import DecryptionError, decrypt, encrypt, lookup_hash, mask_phone
 from chalicelib.validation import parse
 
 if TYPE_CHECKING:
@@ -176,20 +176,6 @@ def test_lookup_hash_is_keyed(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("phone", ["13812345678", "+8613812345678", "8613812345678"])
 def test_mask_phone_keeps_three_and_four_digits(phone: str) -> None:
     assert mask_phone(phone) == "138****5678"
-
-
-@pytest.mark.parametrize(
-    ("value", "start", "end", "masked"),
-    [
-        ("11010519491231002X", 6, 4, "110105********002X"),
-        ("91440300708461136T", 3, 4, "914***********136T"),
-        ("1234567", 3, 4, "*******"),
-        ("123", 3, 4, "***"),
-        ("", 3, 4, ""),
-    ],
-)
-def test_mask_middle(value: str, start: int, end: int, masked: str) -> None:
-    assert mask_middle(value, start, end) == masked
 
 
 # --- identifiers -----------------------------------------------------------------------------

@@ -175,13 +175,18 @@ def test_two_people_get_two_accounts(client: Client) -> None:
 
 
 def test_a_ticket_cannot_make_a_second_account(client: Client) -> None:
-    ticket = wechat_login(client, app="mp", code=new_code()).json_body["signup_ticket"]
+    code = new_code()
+    ticket = wechat_login(client, app="mp", code=code).json_body["signup_ticket"]
     created = wechat_login(client, app="mp", signup_ticket=ticket, role="patient").json_body
 
+    # WHEN the ticket is sent again (a replay), even with another role
     again = wechat_login(client, app="mp", signup_ticket=ticket, role="doctor")
 
-    assert again.status_code == 200
-    assert (again.json_body["user_id"], again.json_body["role"]) == (created["user_id"], "patient")
+    # THEN it neither signs in nor makes a second account: only a fresh code signs in
+    assert_error(again, 409, "already_signed_up")
+    assert "access_token" not in again.json_body
+    signed_in = wechat_login(client, app="mp", code=code).json_body
+    assert (signed_in["user_id"], signed_in["role"]) == (created["user_id"], "patient")
 
 
 @pytest.mark.parametrize("code", ["invalid-x", "invalid", "has space", "semi;colon", "x" * 65])
