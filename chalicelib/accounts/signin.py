@@ -92,8 +92,8 @@ def _account_of_alias(key: str) -> Account | None:
 # --- phone + password --------------------------------------------------------------------------
 
 
-def register_with_phone(phone: str, password: str, role: str, name: str | None, now: datetime) -> tokens.Session:
-    """Create an account that signs in with ``phone`` and ``password``."""
+def _create_phone_account(role: str, phone: str, password: str, name: str | None, now: datetime) -> Account:
+    """An account that signs in with ``phone`` and ``password``; 409 ``phone_taken`` when the phone has one."""
     account = _new_account(role, now)
     account.name = name
     account.phone_cipher = privacy.encrypt("phone", phone)
@@ -103,6 +103,12 @@ def register_with_phone(phone: str, password: str, role: str, name: str | None, 
         _create(account, [phone_alias_key(phone)], now)
     except AliasTakenError:
         raise ApiError(409, "phone_taken", "This phone number already has an account", "该手机号已注册") from None
+    return account
+
+
+def register_with_phone(phone: str, password: str, role: str, name: str | None, now: datetime) -> tokens.Session:
+    """Create an account that signs in with ``phone`` and ``password``, and sign it in."""
+    account = _create_phone_account(role, phone, password, name, now)
     return tokens.start_session(Principal(account.user_id, role), now)
 
 
@@ -153,16 +159,7 @@ def login_with_phone(phone: str, password: str, now: datetime) -> tokens.Session
 
 def create_admin(phone: str, password: str, name: str, now: datetime) -> str:
     """Create an admin account (operator command only; no route creates admins)."""
-    account = _new_account(ADMIN, now)
-    account.name = name
-    account.phone_cipher = privacy.encrypt("phone", phone)
-    account.phone_masked = privacy.mask_phone(phone)
-    account.password_hash = passwords.hash_password(password)
-    try:
-        _create(account, [phone_alias_key(phone)], now)
-    except AliasTakenError:
-        raise ApiError(409, "phone_taken", "This phone number already has an account", "该手机号已注册") from None
-    return account.user_id
+    return _create_phone_account(ADMIN, phone, password, name, now).user_id
 
 
 # --- WeChat ------------------------------------------------------------------------------------

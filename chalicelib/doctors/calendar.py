@@ -70,38 +70,36 @@ def _pk(doctor_id: str) -> str:
     return f"CALENDAR#{doctor_id}"
 
 
+def _within_horizon(day: date, today: date, field: str) -> None:
+    """422 unless ``day`` is today or up to 90 days ahead."""
+    last = today + timedelta(days=HORIZON_DAYS)
+    if day < today:
+        raise invalid("Past dates cannot be set", field, reason="past")
+    if day > last:
+        raise invalid(
+            f"Dates can be set up to {HORIZON_DAYS} days ahead",
+            field,
+            reason="beyond_horizon",
+            last_date=last.isoformat(),
+        )
+
+
 def _expand(update: CalendarUpdate, today: date) -> dict[date, DaySetting]:
     """Every day the update sets, checked against today and the 90-day horizon."""
-    last = today + timedelta(days=HORIZON_DAYS)
     settings: dict[date, DaySetting] = {}
     for index, span in enumerate(update.ranges):
         field = f"ranges[{index}]"
         if span.end < span.start:
             raise invalid("'to' must not be before 'from'", field)
-        if span.start < today:
-            raise invalid("Past dates cannot be set", f"{field}.from", reason="past")
-        if span.end > last:
-            raise invalid(
-                f"Dates can be set up to {HORIZON_DAYS} days ahead",
-                f"{field}.to",
-                reason="beyond_horizon",
-                last_date=last.isoformat(),
-            )
+        _within_horizon(span.start, today, f"{field}.from")
+        _within_horizon(span.end, today, f"{field}.to")
         day = span.start
         while day <= span.end:
             if span.weekdays is None or day.isoweekday() in span.weekdays:
                 settings[day] = DaySetting(day, span.working, span.invitation_capacity, span.consultation_capacity)
             day += timedelta(days=1)
     for index, setting in enumerate(update.days):
-        if setting.date < today:
-            raise invalid("Past dates cannot be set", f"days[{index}].date", reason="past")
-        if setting.date > last:
-            raise invalid(
-                f"Dates can be set up to {HORIZON_DAYS} days ahead",
-                f"days[{index}].date",
-                reason="beyond_horizon",
-                last_date=last.isoformat(),
-            )
+        _within_horizon(setting.date, today, f"days[{index}].date")
         settings[setting.date] = setting
     if not settings:
         raise invalid("Send at least one day or range")

@@ -91,3 +91,22 @@ def client(aws: None) -> Iterator[Client]:
 
     with Client(app, stage_name="local", project_dir=str(PROJECT_DIR)) as test_client:
         yield test_client
+
+
+@pytest.fixture(scope="module")
+def module_client() -> Iterator[Client]:
+    """The app against one moto account for a whole test module.
+
+    For modules whose tests each use their own phones, codes and ids, so they can share
+    tables: creating the tables per test is most of a unit test's time.
+    """
+    from app import app
+    from chalicelib.models import TABLE_MODELS
+    from chalicelib.models.tables import ensure_tables
+
+    with mock_aws():
+        for model in TABLE_MODELS:
+            model._connection = None  # a connection made outside this mock must not leak in
+        ensure_tables(TABLE_MODELS)
+        with Client(app, stage_name="local", project_dir=str(PROJECT_DIR)) as test_client:
+            yield test_client

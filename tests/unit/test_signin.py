@@ -11,17 +11,16 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from chalice.test import Client
-from moto import mock_aws
 
 from chalicelib.accounts import signin, tokens
 from chalicelib.config import get_settings
 from chalicelib.errors import ApiError
 from chalicelib.handlers import accounts as accounts_handlers
-from tests.unit.conftest import PROJECT_DIR
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
+
+    from chalice.test import Client
 
 PASSWORD = "correct horse 1"
 ERROR_KEYS = {"code", "message", "message_zh", "details", "request_id"}
@@ -45,18 +44,9 @@ def spelled(phone: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def client() -> Iterator[Client]:
-    """The app against one moto account for the whole module."""
-    from app import app
-    from chalicelib.models import TABLE_MODELS
-    from chalicelib.models.tables import ensure_tables
-
-    with mock_aws():
-        for model in TABLE_MODELS:
-            model._connection = None  # a connection made outside this mock must not leak in
-        ensure_tables(TABLE_MODELS)
-        with Client(app, stage_name="local", project_dir=str(PROJECT_DIR)) as test_client:
-            yield test_client
+def client(module_client: Client) -> Client:
+    """One moto account for the whole module: each test uses its own phones and codes."""
+    return module_client
 
 
 def post_json(client: Client, path: str, body: Any) -> Any:

@@ -18,8 +18,6 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from chalice.test import Client
-from moto import mock_aws
 
 from chalicelib.accounts import tokens
 from chalicelib.accounts.roles import Principal
@@ -27,10 +25,9 @@ from chalicelib.config import get_settings
 from chalicelib.errors import ApiError
 from chalicelib.models.users import RefreshToken, SessionFamily
 from chalicelib.security.keys import get_keys
-from tests.unit.conftest import PROJECT_DIR
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from chalice.test import Client
 
 ERROR_KEYS = {"code", "message", "message_zh", "details", "request_id"}
 ME = "/v1/me"
@@ -97,18 +94,9 @@ def assert_error(response: Any, status: int, code: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def client() -> Iterator[Client]:
-    """The app against one moto account for the whole module."""
-    from app import app
-    from chalicelib.models import TABLE_MODELS
-    from chalicelib.models.tables import ensure_tables
-
-    with mock_aws():
-        for model in TABLE_MODELS:
-            model._connection = None  # a connection made outside this mock must not leak in
-        ensure_tables(TABLE_MODELS)
-        with Client(app, stage_name="local", project_dir=str(PROJECT_DIR)) as test_client:
-            yield test_client
+def client(module_client: Client) -> Client:
+    """One moto account for the whole module: each test uses its own phones and codes."""
+    return module_client
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,6 @@ import boto3
 import pytest
 import requests
 import responses
-from chalice.test import Client
-from moto import mock_aws
 from responses import matchers
 
 from chalicelib.accounts import tokens, wechat
@@ -26,10 +24,11 @@ from chalicelib.config import get_settings
 from chalicelib.errors import ApiError
 from chalicelib.models.users import Account
 from chalicelib.security.keys import get_keys
-from tests.unit.conftest import PROJECT_DIR
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+
+    from chalice.test import Client
 
 ERROR_KEYS = {"code", "message", "message_zh", "details", "request_id"}
 SESSION_KEYS = {"user_id", "role", "access_token", "token_type", "expires_in", "refresh_token", "created"}
@@ -45,18 +44,9 @@ def new_code() -> str:
 
 
 @pytest.fixture(scope="module")
-def client() -> Iterator[Client]:
-    """The app against one moto account for the whole module."""
-    from app import app
-    from chalicelib.models import TABLE_MODELS
-    from chalicelib.models.tables import ensure_tables
-
-    with mock_aws():
-        for model in TABLE_MODELS:
-            model._connection = None  # a connection made outside this mock must not leak in
-        ensure_tables(TABLE_MODELS)
-        with Client(app, stage_name="local", project_dir=str(PROJECT_DIR)) as test_client:
-            yield test_client
+def client(module_client: Client) -> Client:
+    """One moto account for the whole module: each test uses its own phones and codes."""
+    return module_client
 
 
 def wechat_login(client: Client, **body: Any) -> Any:
