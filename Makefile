@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEPS := $(VENV)/.deps-installed
 
-.PHONY: run test lint unit integration e2e bench job tables admin clean
+.PHONY: run test lint unit integration e2e bench job tables admin check-ledger clean
 
 $(DEPS): requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ tables: $(DEPS)
 admin: $(DEPS)
 	@test -n "$(PHONE)" -a -n "$(NAME)" || { echo "usage: make admin PHONE=13800000000 NAME=Operator [STAGE=local]"; exit 2; }
 	@$(PY) -m devstack.stack --stage "$(or $(STAGE),local)" admin --phone "$(PHONE)" --name "$(NAME)"
+
+## check-ledger [STAGE=local]: check the ledger's invariants (L1-L3, L6); exits 1 on any violation.
+check-ledger: $(DEPS)
+	@$(PY) -m devstack.stack --stage "$(or $(STAGE),local)" check-ledger
 
 ## clean: remove local data, pump state and caches (keeps the venv and the DynamoDB Local package).
 clean:

@@ -253,6 +253,26 @@ def admin(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_ledger(args: argparse.Namespace) -> int:
+    """Run the ledger's invariants over the stage's whole ledger; exit 1 on any violation."""
+    if args.stage == "local":
+        from devstack.processes import port_is_open
+
+        if not port_is_open(HOST, args.ddb_port):
+            print(f"error: DynamoDB Local is not running on port {args.ddb_port}; start the stack with `make run`")
+            return 1
+        os.environ.update(local_environment(args.ddb_port))
+    os.environ.update(stage_environment(args.stage))
+    from chalicelib.ledger.audit import check_ledger as audit
+
+    report = audit()
+    print(f"ledger: {report.transactions} transactions, {report.accounts} accounts, {report.entries} entries")
+    for violation in report.violations:
+        print(f"violation: {violation}")
+    print("ledger: ok" if report.ok else f"ledger: {len(report.violations)} violations")
+    return 0 if report.ok else 1
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m devstack.stack", description=__doc__.split("\n\n")[0])
     parser.add_argument("--stage", default="local")
@@ -273,6 +293,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     admin_parser.add_argument("--phone", required=True)
     admin_parser.add_argument("--name", required=True)
     admin_parser.set_defaults(handler=admin)
+    commands.add_parser("check-ledger", help="check the ledger's invariants").set_defaults(handler=check_ledger)
     return parser.parse_args(argv)
 
 

@@ -78,3 +78,11 @@ def set_membership(hospital_user_id: str) -> dict[str, Any]:
         reference=request.reference,
         now=utc_now(),
     )
+
+
+@route(bp, "/v1/admin/ledger/check", methods=["GET"], roles=[ADMIN])
+def ledger_check() -> dict[str, Any]:
+    """Run the ledger's invariants (L1, L2, L3, L6) and report what they found."""
+    from chalicelib.ledger.audit import check_ledger
+
+    return check_ledger().as_dict()

@@ -16,7 +16,7 @@ Indexes:
 
 from __future__ import annotations
 
-from pynamodb.attributes import DiscriminatorAttribute, UnicodeAttribute
+from pynamodb.attributes import DiscriminatorAttribute, MapAttribute, NumberAttribute, UnicodeAttribute
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
 from pynamodb.models import Model
 
@@ -63,3 +63,35 @@ class LedgerTable(Model):
 
     by_work_due = WorkDueIndex()
     by_owner = ByOwnerIndex()
+
+
+class JournalTransaction(LedgerTable, discriminator="journal_transaction"):
+    """One money movement: ``TX#<id>`` / ``TX``. Written once (its id is the idempotency key), never edited.
+
+    ``entries`` maps each account to its signed amount in fen; they sum to zero. Listed
+    under ``by_owner`` ``LEDGER#TX``, so an audit reads every transaction without a Scan.
+    """
+
+    tx_id = UnicodeAttribute()
+    kind = UnicodeAttribute()
+    reference = UnicodeAttribute()
+    entries = MapAttribute()
+    fingerprint = UnicodeAttribute()
+
+
+class LedgerEntry(LedgerTable, discriminator="ledger_entry"):
+    """One account's side of a transaction: ``ACCOUNT#<account>`` / ``ENTRY#<time>#<tx id>``."""
+
+    tx_id = UnicodeAttribute()
+    amount = NumberAttribute()
+
+
+class AccountBalance(LedgerTable, discriminator="account_balance"):
+    """An account's balance: ``ACCOUNT#<account>`` / ``BALANCE``; listed under ``by_owner`` ``LEDGER#ACCOUNTS``.
+
+    Moved only inside the transaction that writes the entries, with a condition that
+    keeps non-overdraft accounts from going below zero.
+    """
+
+    account = UnicodeAttribute()
+    balance = NumberAttribute(default=0)

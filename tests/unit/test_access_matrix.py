@@ -142,6 +142,7 @@ EXPECTED: dict[tuple[str, str], Row] = {
         },
         cells={"admin/own": 404, "admin/other": 200},
     ),
+    ("GET", "/v1/admin/ledger/check"): Row(frozenset({ADMIN}), ok=200),
 }
 
 FIXED_PARAMS = {"kind": "patient-entry"}
