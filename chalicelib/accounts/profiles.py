@@ -16,8 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
-from pynamodb.exceptions import DoesNotExist, TransactWriteError
-from pynamodb.transactions import TransactWrite
+from pynamodb.exceptions import DoesNotExist
 
 from chalicelib.accounts import signin
 from chalicelib.accounts.identifiers import mainland_mobile, resident_id_is_valid
@@ -28,7 +27,7 @@ from chalicelib.directory import hospitals
 from chalicelib.doctors.ranking import DISCOVERY_ATTRIBUTES
 from chalicelib.doctors.vocabulary import TITLES, Specialty, Title
 from chalicelib.errors import ApiError
-from chalicelib.models.transactions import CONDITION_FAILED, CONFLICT, busy, cancellation_codes
+from chalicelib.models.transactions import Batch, TransactionCancelledError, busy
 from chalicelib.models.users import Account, LoginAlias
 from chalicelib.security import privacy
 from chalicelib.validation import invalid
@@ -214,25 +213,24 @@ def _write(account: Account, actions: list[Any], phone_move: tuple[str | None, s
     conflict = ApiError(
         409, "conflict", "The profile changed meanwhile; reload and retry", "资料已被修改，请刷新后重试"
     )
+    batch = Batch()
+    batch.update("profile", account, actions=actions, condition=Account.revision == account.revision)
+    if phone_move is not None:
+        old_key, new_key = phone_move
+        batch.put(
+            "new_phone", signin.login_alias(new_key, account.user_id, now), condition=LoginAlias.pk.does_not_exist()
+        )
+        if old_key is not None:
+            old_alias = LoginAlias(old_key, "LOGIN")
+            batch.delete("old_phone", old_alias, condition=LoginAlias.user_id == account.user_id)
     try:
-        with TransactWrite(connection=Account._get_connection().connection) as transaction:
-            transaction.update(account, actions=actions, condition=Account.revision == account.revision)
-            if phone_move is not None:
-                old_key, new_key = phone_move
-                alias = signin.login_alias(new_key, account.user_id, now)
-                transaction.save(alias, condition=LoginAlias.pk.does_not_exist())
-                if old_key is not None:
-                    transaction.delete(LoginAlias(old_key, "LOGIN"), condition=LoginAlias.user_id == account.user_id)
-    except TransactWriteError as error:
-        # PynamoDB sends deletes, then puts, then updates: [old alias?, new alias, account]
-        codes = cancellation_codes(error)
-        if phone_move is not None and codes[len(codes) - 2] == CONDITION_FAILED:
+        batch.commit(Account._get_connection().connection)
+    except TransactionCancelledError as cancelled:
+        if "new_phone" in cancelled.failed:
             raise ApiError(409, "phone_taken", "This phone number already has an account", "该手机号已注册") from None
-        if CONDITION_FAILED in codes:
+        if cancelled.failed:
             raise conflict from None
-        if CONFLICT in codes:
-            raise busy() from None
-        raise
+        raise busy() from None
 
 
 def update_profile(principal: Principal, patch: ProfilePatch, now: datetime) -> dict[str, Any]:

@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from pynamodb.exceptions import DoesNotExist, TransactWriteError
+from pynamodb.exceptions import DoesNotExist
 from pynamodb.transactions import TransactWrite
 
 from chalicelib.accounts.roles import ACCOUNT_ROLES, Principal
 from chalicelib.config import get_settings
 from chalicelib.errors import ApiError
-from chalicelib.models.transactions import CONDITION_FAILED, CONFLICT, busy, cancellation_codes
+from chalicelib.models.transactions import Batch, TransactionCancelledError, busy
 from chalicelib.models.users import RefreshToken, SessionFamily, UsersTable
 from chalicelib.security.keys import get_keys
 
@@ -201,28 +201,28 @@ def refresh_session(token: str, now: datetime) -> Session:
     principal = Principal(current.user_id, current.role)
     replacement, item = _new_refresh_item(principal, current.family, now)
     family = SessionFamily(f"USER#{principal.user_id}", f"SESSION#{current.family}")
+    batch = Batch()
+    batch.put("replacement", item, condition=RefreshToken.pk.does_not_exist())
+    batch.update(
+        "used_mark",
+        current,
+        actions=[RefreshToken.used_at.set(now.isoformat())],
+        condition=RefreshToken.used_at.does_not_exist(),
+    )
+    batch.update(
+        "family",
+        family,
+        actions=[SessionFamily.expires_at.set(item.expires_at)],
+        condition=SessionFamily.revoked == False,  # noqa: E712
+    )
     try:
-        with TransactWrite(connection=_connection()) as transaction:
-            transaction.save(item, condition=RefreshToken.pk.does_not_exist())
-            transaction.update(
-                current,
-                actions=[RefreshToken.used_at.set(now.isoformat())],
-                condition=RefreshToken.used_at.does_not_exist(),
-            )
-            transaction.update(
-                family,
-                actions=[SessionFamily.expires_at.set(item.expires_at)],
-                condition=SessionFamily.revoked == False,  # noqa: E712
-            )
-    except TransactWriteError as error:
-        _, used_mark, family_check = cancellation_codes(error, 3)  # puts, then updates in order
-        if used_mark == CONDITION_FAILED:
+        batch.commit(_connection())
+    except TransactionCancelledError as cancelled:
+        if "used_mark" in cancelled.failed:
             _revoke_family(current.user_id, current.family)
             raise _refresh_refused(*TOKEN_REUSED) from None
-        if family_check == CONDITION_FAILED:
+        if "family" in cancelled.failed:
             raise _refresh_refused("session_revoked", "This session was signed out; sign in again") from None
-        if CONFLICT in (used_mark, family_check):
-            raise busy() from None
-        raise
+        raise busy() from None
     access, lifetime = issue_access_token(principal, now)
     return Session(principal, access, lifetime, replacement)

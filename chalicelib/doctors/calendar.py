@@ -17,14 +17,12 @@ from datetime import date, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import msgspec
-from pynamodb.exceptions import TransactWriteError
-from pynamodb.transactions import TransactWrite
 
 from chalicelib.accounts.profiles import load_account
 from chalicelib.clock import iso, shanghai_date
 from chalicelib.errors import ApiError
 from chalicelib.models.invitations import CalendarDay
-from chalicelib.models.transactions import CONDITION_FAILED, CONFLICT, busy, cancellation_codes
+from chalicelib.models.transactions import Batch, TransactionCancelledError, busy
 from chalicelib.models.users import Account
 from chalicelib.validation import invalid
 
@@ -162,33 +160,35 @@ def set_days(doctor_id: str, update: CalendarUpdate, now: datetime) -> dict[str,
             setting.working, setting.invitation_capacity, setting.consultation_capacity
         )
     ordered = sorted(settings)
+    batch = Batch()
+    for day in ordered:
+        setting = settings[day]
+        batch.update(
+            day.isoformat(),
+            CalendarDay(_pk(doctor_id), day.isoformat()),
+            actions=[
+                CalendarDay.item_type.set(CalendarDay),
+                CalendarDay.working.set(setting.working),
+                CalendarDay.invitation_capacity.set(setting.invitation_capacity),
+                CalendarDay.consultation_capacity.set(setting.consultation_capacity),
+                CalendarDay.updated_at.set(iso(now)),
+            ],
+            condition=_keeps_bookings(setting),
+        )
+    batch.update(
+        "profile",
+        account,
+        actions=[
+            Account.accepting_dates.set(sorted(date_ for date_, open_ in accepting.items() if open_)),
+            Account.revision.add(1),
+            Account.updated_at.set(iso(now)),
+        ],
+        condition=Account.revision == account.revision,
+    )
     try:
-        with TransactWrite(connection=CalendarDay._get_connection().connection) as transaction:
-            for day in ordered:
-                setting = settings[day]
-                transaction.update(
-                    CalendarDay(_pk(doctor_id), day.isoformat()),
-                    actions=[
-                        CalendarDay.item_type.set(CalendarDay),
-                        CalendarDay.working.set(setting.working),
-                        CalendarDay.invitation_capacity.set(setting.invitation_capacity),
-                        CalendarDay.consultation_capacity.set(setting.consultation_capacity),
-                        CalendarDay.updated_at.set(iso(now)),
-                    ],
-                    condition=_keeps_bookings(setting),
-                )
-            transaction.update(
-                account,
-                actions=[
-                    Account.accepting_dates.set(sorted(date_ for date_, open_ in accepting.items() if open_)),
-                    Account.revision.add(1),
-                    Account.updated_at.set(iso(now)),
-                ],
-                condition=Account.revision == account.revision,
-            )
-    except TransactWriteError as error:
-        codes = cancellation_codes(error)  # updates in the order added: the days, then the profile
-        refused = [ordered[i].isoformat() for i, code in enumerate(codes[: len(ordered)]) if code == CONDITION_FAILED]
+        batch.commit(CalendarDay._get_connection().connection)
+    except TransactionCancelledError as cancelled:
+        refused = sorted(name for name in cancelled.failed if name != "profile")
         if refused:
             raise ApiError(
                 409,
@@ -197,11 +197,9 @@ def set_days(doctor_id: str, update: CalendarUpdate, now: datetime) -> dict[str,
                 "容量不能低于已预约数量",
                 {"dates": refused},
             ) from None
-        if CONFLICT in codes:
-            raise busy() from None
-        if error.cause_response_code == "TransactionCanceledException":
+        if cancelled.failed:
             raise ApiError(409, "conflict", "The calendar changed meanwhile; retry", "日程已被修改，请重试") from None
-        raise
+        raise busy() from None
     return view(doctor_id, min(ordered), max(ordered), now)
 
 
