@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import re
 
-ACCOUNT_NAME = re.compile(r"^[a-z]+(:[A-Za-z0-9_-]+)+$")
+ACCOUNT_NAME = re.compile(r"[a-z]+(:[A-Za-z0-9_-]{1,64}){1,3}")
+"""``kind:part[:part[:part]]``; match it with ``fullmatch`` (``$`` would let a newline through)."""
 PLATFORM_FEES = "platform:fees"
 PLATFORM_MEMBERSHIP = "platform:membership"
 PLATFORM_TIPS = "platform:tips"

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from pynamodb.exceptions import DoesNotExist
@@ -31,10 +33,14 @@ from chalicelib.models.ledger import AccountBalance, JournalTransaction, LedgerE
 from chalicelib.models.transactions import Batch, TransactionCancelledError, busy
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from datetime import datetime
 
 TRANSACTIONS_LIST = "LEDGER#TX"
 ACCOUNTS_LIST = "LEDGER#ACCOUNTS"
+TX_ID = re.compile(r"[a-z_]+:[A-Za-z0-9:_-]{1,200}")
+MAX_FEN = 10**12
+"""Ten billion yuan: far above any real movement, far below DynamoDB's 38 digits."""
 MAX_ACCOUNTS = 20
 """Accounts one posting may touch: with their entries and balances, within a transaction's 100 actions."""
 
@@ -45,17 +51,20 @@ class Posting:
 
     tx_id: str
     kind: str
-    entries: dict[str, int]
+    entries: Mapping[str, int]
     reference: str
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "entries", MappingProxyType(dict(self.entries)))  # no change after the checks
+        if not TX_ID.fullmatch(self.tx_id):
+            raise ValueError(f"not a transaction id: {self.tx_id!r}")
         if not self.entries or len(self.entries) > MAX_ACCOUNTS:
             raise ValueError(f"a posting touches 1 to {MAX_ACCOUNTS} accounts")
         for account, amount in self.entries.items():
-            if not ACCOUNT_NAME.match(account):
+            if not ACCOUNT_NAME.fullmatch(account):
                 raise ValueError(f"not an account name: {account!r}")
-            if not isinstance(amount, int) or isinstance(amount, bool) or amount == 0:
-                raise ValueError(f"an entry is a non-zero whole number of fen, got {amount!r} for {account}")
+            if not isinstance(amount, int) or isinstance(amount, bool) or amount == 0 or abs(amount) > MAX_FEN:
+                raise ValueError(f"an entry is a non-zero whole number of fen up to {MAX_FEN}, got {amount!r}")
         if sum(self.entries.values()) != 0:
             raise ValueError(f"entries must sum to zero, got {sum(self.entries.values())}")
 
@@ -96,34 +105,37 @@ def add_posting(batch: Batch, posting: Posting, now: datetime) -> None:
 def post(posting: Posting, now: datetime, batch: Batch | None = None) -> bool:
     """Write ``posting`` (with ``batch``'s business change); False when it was already written.
 
-    409 ``ledger_transaction_conflict`` when the id was used for another movement,
-    409 ``insufficient_funds`` when an account would go below zero, 409 ``conflict``
-    when a concurrent transaction held an item (retry). Any other cancelled action of
-    ``batch`` raises ``TransactionCancelledError`` for the caller to explain.
+    When one of ``batch``'s own actions failed, ``TransactionCancelledError`` goes to the
+    caller first, whatever else failed (its ``already_posted`` says whether the posting
+    exists): only the caller can explain its condition. Otherwise 409
+    ``ledger_transaction_conflict`` when the id was used for another movement, 409
+    ``insufficient_funds`` when an account would go below zero, and 409 ``conflict`` when
+    a concurrent transaction or throttling stopped it (retry).
     """
     batch = batch or Batch()
+    if any(_is_ledger_action(name) for name in batch.names):
+        raise ValueError("the business actions of a posting must not use the ledger's action names")
     add_posting(batch, posting, now)
-    # No ClientRequestToken: a retry must meet the journal's own condition and learn that
-    # the posting exists (a token would replay "success" for 10 minutes, and make
-    # concurrent senders of one posting fail with TransactionInProgressException).
+    # botocore's own retries of this call reuse its ClientRequestToken, so a retry after a
+    # lost answer replays the committed result; a later call of post() meets the journal's
+    # condition instead and learns that the posting exists.
     try:
         batch.commit(LedgerTable._get_connection().connection)
     except TransactionCancelledError as cancelled:
+        business = [name for name in cancelled.failed if not _is_ledger_action(name)]
+        if business:
+            cancelled.already_posted = "journal" in cancelled.failed
+            raise  # the caller's own condition failed: only it can say why
         if "journal" in cancelled.failed:
             return _already_posted(posting)
-        overdrawn = [name.removeprefix("balance:") for name in cancelled.failed if name.startswith("balance:")]
-        if overdrawn:
-            raise ApiError(
-                409,
-                "insufficient_funds",
-                "The balance does not cover this movement",
-                "余额不足",
-                {"accounts": overdrawn},
-            ) from None
-        if cancelled.conflicted and not cancelled.failed:
-            raise busy() from None
-        raise
+        if cancelled.failed:  # a balance guard: the account would go below zero
+            raise ApiError(409, "insufficient_funds", "The balance does not cover this movement", "余额不足") from None
+        raise busy() from None
     return True
+
+
+def _is_ledger_action(name: str) -> bool:
+    return name == "journal" or name.startswith(("entry:", "balance:"))
 
 
 def _already_posted(posting: Posting) -> bool:

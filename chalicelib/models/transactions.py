@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 
 CONDITION_FAILED = "ConditionalCheckFailed"
 CONFLICT = "TransactionConflict"
+RETRYABLE = frozenset({CONFLICT, "ThrottlingError", "ProvisionedThroughputExceeded", "RequestLimitExceeded"})
+"""Reasons a retry can clear: a concurrent transaction, or throttling."""
 
 
 def cancellation_codes(error: TransactWriteError, actions: int = 0) -> list[str | None]:
@@ -52,6 +54,8 @@ class TransactionCancelledError(Exception):
         super().__init__(f"transaction cancelled: failed {failed}, conflicted {conflicted}")
         self.failed = failed
         self.conflicted = conflicted
+        self.already_posted = False
+        """Set by ``ledger.journal.post``: the posting of this transaction had been written before."""
 
 
 @dataclass
@@ -64,16 +68,24 @@ class Batch:
     _updates: list[tuple[str, Any]] = field(default_factory=list)
 
     def check(self, name: str, model: type[Model], hash_key: str, range_key: str, condition: Any) -> None:
+        self._named(name)
         self._checks.append((name, lambda tx: tx.condition_check(model, hash_key, range_key, condition=condition)))
 
     def delete(self, name: str, item: Model, condition: Any = None) -> None:
+        self._named(name)
         self._deletes.append((name, lambda tx: tx.delete(item, condition=condition)))
 
     def put(self, name: str, item: Model, condition: Any = None) -> None:
+        self._named(name)
         self._puts.append((name, lambda tx: tx.save(item, condition=condition)))
 
     def update(self, name: str, item: Model, actions: list[Any], condition: Any = None) -> None:
+        self._named(name)
         self._updates.append((name, lambda tx: tx.update(item, actions=actions, condition=condition)))
+
+    def _named(self, name: str) -> None:
+        if name in self.names:
+            raise ValueError(f"two actions of one transaction are named {name!r}")
 
     @property
     def names(self) -> list[str]:
@@ -92,7 +104,7 @@ class Batch:
         except TransactWriteError as error:
             codes = cancellation_codes(error, len(actions))
             failed = [name for name, code in zip(self.names, codes, strict=False) if code == CONDITION_FAILED]
-            conflicted = [name for name, code in zip(self.names, codes, strict=False) if code == CONFLICT]
+            conflicted = [name for name, code in zip(self.names, codes, strict=False) if code in RETRYABLE]
             if failed or conflicted:
                 raise TransactionCancelledError(failed, conflicted) from error
             raise

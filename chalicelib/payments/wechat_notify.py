@@ -188,7 +188,8 @@ def verify_notification(headers: Mapping[str, str], body: bytes, keys: NotifyKey
         raise NotificationRejected("unknown_serial", f"serial {serial[:64]!r} is not in the allow-list")
 
     timestamp = fields[H_TIMESTAMP]
-    if not _TIMESTAMP.fullmatch(timestamp) or abs(int(timestamp) - now) > TIMESTAMP_TOLERANCE_S:
+    # written as 'not within', so a NaN clock fails the check instead of passing it
+    if not _TIMESTAMP.fullmatch(timestamp) or not abs(int(timestamp) - now) <= TIMESTAMP_TOLERANCE_S:
         raise NotificationRejected("stale_timestamp", "timestamp is not within 300 s of now")
 
     signature_type = fields.get(H_SIGNATURE_TYPE)

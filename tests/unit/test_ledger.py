@@ -49,11 +49,31 @@ def accept(tx_id: str, invitation: str, doctor: str, amount: int, fee: int) -> P
         ({SANDBOX: 0}, "non-zero"),
         ({"Not An Account": -1, "escrow:i1": 1}, "not an account name"),
         ({SANDBOX: True, "escrow:i1": -1}, "whole number"),
+        ({SANDBOX: -(10**40), "escrow:i1": 10**40}, "whole number of fen up to"),
+        ({"escrow:i1\n": 1, SANDBOX: -1}, "not an account name"),
+        ({"escrow:" + "x" * 65: 1, SANDBOX: -1}, "not an account name"),
     ],
 )
 def test_a_posting_must_balance_in_whole_fen(entries: dict[str, int], problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
-        Posting("tx", "payment", entries, "ref")
+        Posting("pay:tx", "payment", entries, "ref")
+
+
+@pytest.mark.parametrize("tx_id", ["tx", "pay:", "Pay:o1", "pay:o 1", "pay:" + "x" * 201, "pay:o1\n"])
+def test_a_transaction_id_is_a_kind_and_a_reference(tx_id: str) -> None:
+    with pytest.raises(ValueError, match="not a transaction id"):
+        Posting(tx_id, "payment", {SANDBOX: -1, "escrow:i1": 1}, "ref")
+
+
+def test_a_posting_cannot_change_after_its_checks() -> None:
+    entries = {SANDBOX: -1_000, "escrow:i1": 1_000}
+    posting = Posting("pay:o0", "payment", entries, "ref")
+
+    entries["escrow:i1"] = 900
+
+    assert dict(posting.entries) == {SANDBOX: -1_000, "escrow:i1": 1_000}
+    with pytest.raises(TypeError):
+        posting.entries["escrow:i1"] = 900  # type: ignore[index]
 
 
 def test_a_payment_moves_money_from_the_provider_into_escrow(aws: None) -> None:
@@ -98,7 +118,7 @@ def test_an_account_cannot_pay_out_more_than_it_holds(aws: None) -> None:
 
     # THEN nothing moves
     assert (raised.value.status, raised.value.code) == (409, "insufficient_funds")
-    assert raised.value.details == {"accounts": ["escrow:i4"]}
+    assert raised.value.details == {}  # internal account names stay inside
     assert balance(accounts.escrow("i4")) == 10_000
     assert balance(accounts.doctor_pending("d4")) == 0
     assert transaction("accept:i4") is None
@@ -130,6 +150,36 @@ def test_the_posting_and_the_business_change_commit_together(aws: None) -> None:
     assert raised.value.failed == ["invitation"]
     assert balance(accounts.escrow("i6")) == 0
     assert transaction("pay:o6") is None
+
+
+def test_a_refused_business_change_is_never_reported_as_already_posted(aws: None) -> None:
+    # GIVEN a refund already posted with its state change
+    post(pay("pay:o11", "i11", 5_000), NOW)
+    refund = Posting("refund:i11", "refund", {accounts.escrow("i11"): -5_000, SANDBOX: 5_000}, "invitation:i11")
+    post(refund, NOW)
+
+    # WHEN a racing transition posts the same refund with its own state check, which fails
+    batch = Batch()
+    batch.update(
+        "invitation",
+        JobHeartbeat("SYSTEM#heartbeat", "nobody-11"),
+        actions=[JobHeartbeat.runs.add(1)],
+        condition=JobHeartbeat.pk.exists(),
+    )
+    with pytest.raises(TransactionCancelledError) as raised:
+        post(refund, NOW, batch)
+
+    # THEN the caller hears that its own condition failed (and that the refund exists)
+    assert "invitation" in raised.value.failed
+    assert raised.value.already_posted is True
+
+
+def test_business_actions_cannot_borrow_the_ledgers_names(aws: None) -> None:
+    batch = Batch()
+    batch.update("journal", JobHeartbeat("SYSTEM#heartbeat", "x"), actions=[JobHeartbeat.runs.add(1)])
+
+    with pytest.raises(ValueError, match="ledger's action names"):
+        post(pay("pay:o12", "i12", 1_000), NOW, batch)
 
 
 def test_a_full_flow_keeps_every_invariant(aws: None) -> None:

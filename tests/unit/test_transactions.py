@@ -44,3 +44,32 @@ def test_a_cancelled_batch_names_the_actions_that_failed(aws: None) -> None:
 def test_a_batch_holds_one_to_a_hundred_actions(aws: None) -> None:
     with pytest.raises(ValueError, match="1 to 100 actions"):
         Batch().commit(UsersTable._get_connection().connection)
+
+
+def test_two_actions_cannot_share_a_name() -> None:
+    batch = Batch()
+    batch.put("same", beat("a"))
+
+    with pytest.raises(ValueError, match="named 'same'"):
+        batch.update("same", beat("b"), actions=[JobHeartbeat.runs.add(1)])
+
+
+def test_throttling_is_a_retryable_cancellation(aws: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pynamodb.exceptions import CancellationReason, TransactWriteError, VerboseClientError
+
+    def throttled(self: object) -> None:
+        cause = VerboseClientError(
+            {"Error": {"Code": "TransactionCanceledException", "Message": "cancelled"}},
+            "TransactWriteItems",
+            cancellation_reasons=[CancellationReason(code="ThrottlingError")],
+        )
+        raise TransactWriteError("Failed to write transaction items", cause=cause)
+
+    monkeypatch.setattr("pynamodb.transactions.TransactWrite._commit", throttled)
+    batch = Batch()
+    batch.put("only", beat("t"))
+
+    with pytest.raises(TransactionCancelledError) as raised:
+        batch.commit(UsersTable._get_connection().connection)
+
+    assert (raised.value.failed, raised.value.conflicted) == ([], ["only"])

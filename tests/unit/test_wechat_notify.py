@@ -175,6 +175,13 @@ def test_the_official_vector_is_stale_301_seconds_later(vector_keys: NotifyKeys)
     assert rejected.value.reason == "stale_timestamp"
 
 
+@pytest.mark.parametrize("clock", [float("nan"), float("inf"), float("-inf")])
+def test_a_broken_clock_never_passes_the_window(vector_keys: NotifyKeys, clock: float) -> None:
+    with pytest.raises(NotificationRejected) as rejected:
+        verify_notification(VECTOR_HEADERS, VECTOR_BODY, vector_keys, now=clock)
+    assert rejected.value.reason == "stale_timestamp"
+
+
 def test_the_signer_reproduces_the_official_body_byte_for_byte() -> None:
     # GIVEN the vector's event, plaintext, key and GCM nonce (GCM is deterministic for those)
     private_pem, _ = generate_sandbox_keys()
