@@ -1,0 +1,1 @@
+"""Invitations and consultations: the state machine and, with it, the flows that fire it."""
