@@ -198,13 +198,22 @@ def run(args: argparse.Namespace) -> int:
     return status
 
 
-def job(args: argparse.Namespace) -> int:
-    from devstack.processes import port_is_open
+def use_stage(args: argparse.Namespace) -> bool:
+    """Point this process at the stage's tables: the running DynamoDB Local for ``local``, AWS otherwise."""
+    if args.stage == "local":
+        from devstack.processes import port_is_open
 
-    if not port_is_open(HOST, args.ddb_port):
-        print(f"error: DynamoDB Local is not running on port {args.ddb_port}; start the stack with `make run`")
+        if not port_is_open(HOST, args.ddb_port):
+            print(f"error: DynamoDB Local is not running on port {args.ddb_port}; start the stack with `make run`")
+            return False
+        os.environ.update(local_environment(args.ddb_port))
+    os.environ.update(stage_environment(args.stage))
+    return True
+
+
+def job(args: argparse.Namespace) -> int:
+    if not use_stage(args):
         return 1
-    os.environ.update(local_environment(args.ddb_port))
     from devstack.event_pump import main as pump_main
 
     return pump_main(["--stage", args.stage, "--job", args.name])
@@ -224,14 +233,8 @@ def admin(args: argparse.Namespace) -> int:
     """Create an admin account (the only way to make one); the password is asked for, or read from ADMIN_PASSWORD."""
     import getpass
 
-    if args.stage == "local":
-        from devstack.processes import port_is_open
-
-        if not port_is_open(HOST, args.ddb_port):
-            print(f"error: DynamoDB Local is not running on port {args.ddb_port}; start the stack with `make run`")
-            return 1
-        os.environ.update(local_environment(args.ddb_port))
-    os.environ.update(stage_environment(args.stage))
+    if not use_stage(args):
+        return 1
     password = os.environ.get("ADMIN_PASSWORD") or getpass.getpass("password for the new admin: ")
     if "ADMIN_PASSWORD" not in os.environ and getpass.getpass("again: ") != password:
         print("error: the passwords differ", file=sys.stderr)
@@ -241,10 +244,10 @@ def admin(args: argparse.Namespace) -> int:
     from chalicelib.clock import utc_now
     from chalicelib.errors import ApiError
 
+    if len(password) < 8:
+        print("error: the password needs at least 8 characters", file=sys.stderr)
+        return 1
     try:
-        if len(password) < 8:
-            print("error: the password needs at least 8 characters", file=sys.stderr)
-            return 1
         user_id = create_admin(mainland_mobile(args.phone), password, args.name, utc_now())
     except ApiError as error:
         print(f"error: {error.message}", file=sys.stderr)
@@ -255,14 +258,8 @@ def admin(args: argparse.Namespace) -> int:
 
 def check_ledger(args: argparse.Namespace) -> int:
     """Run the ledger's invariants over the stage's whole ledger; exit 1 on any violation."""
-    if args.stage == "local":
-        from devstack.processes import port_is_open
-
-        if not port_is_open(HOST, args.ddb_port):
-            print(f"error: DynamoDB Local is not running on port {args.ddb_port}; start the stack with `make run`")
-            return 1
-        os.environ.update(local_environment(args.ddb_port))
-    os.environ.update(stage_environment(args.stage))
+    if not use_stage(args):
+        return 1
     from chalicelib.ledger.audit import check_ledger as audit
 
     report = audit()

@@ -14,7 +14,7 @@ import requests
 
 from devstack.processes import free_port, port_is_open
 from devstack.stack import local_environment
-from tests.e2e.conftest import PROJECT_DIR, start_stack, stop_stack
+from tests.e2e.conftest import PROJECT_DIR, Stack, start_stack, stop_stack
 
 
 def _launch_failing(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -105,3 +105,34 @@ def test_health_is_503_in_the_error_shape_when_dynamodb_is_down(tmp_path: Path) 
     assert error["code"] == "dependency_unavailable"
     assert error["details"]["dependency"] == "dynamodb"
     assert error["request_id"] == response.headers["X-Request-Id"]
+
+
+def test_check_ledger_reads_the_running_stacks_ledger(stack: Stack) -> None:
+    # GIVEN the running stack; WHEN the operator command audits its ledger
+    result = subprocess.run(
+        [sys.executable, "-m", "devstack.stack", "--ddb-port", str(stack.ddb_port), "check-ledger"],
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    # THEN it reads it and finds nothing wrong
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "ledger: ok"
+
+
+def test_check_ledger_without_dynamodb_local_is_one_clear_line() -> None:
+    port = free_port()
+    result = subprocess.run(
+        [sys.executable, "-m", "devstack.stack", "--ddb-port", str(port), "check-ledger"],
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 1
+    assert (
+        result.stdout.strip() == f"error: DynamoDB Local is not running on port {port}; start the stack with `make run`"
+    )
