@@ -8,7 +8,18 @@ from __future__ import annotations
 
 from chalice import Chalice, ConvertToMiddleware
 
-from chalicelib.handlers import accounts, admin, directory, discovery, jobs, qrcodes, service, streams
+from chalicelib.handlers import (
+    accounts,
+    admin,
+    directory,
+    discovery,
+    invitations,
+    jobs,
+    payments,
+    qrcodes,
+    service,
+    streams,
+)
 from chalicelib.handlers.middleware import request_envelope
 from chalicelib.observability import logger, metrics
 
@@ -23,6 +34,8 @@ app.register_blueprint(accounts.bp)
 app.register_blueprint(directory.bp)
 app.register_blueprint(discovery.bp)
 app.register_blueprint(qrcodes.bp)
+app.register_blueprint(invitations.bp)
+app.register_blueprint(payments.bp)
 app.register_blueprint(admin.bp)
 app.register_blueprint(jobs.bp)
 app.register_blueprint(streams.bp)

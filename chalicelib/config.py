@@ -56,6 +56,19 @@ class Settings:
     fee_bounds_fen: dict[str, tuple[int, int]] = field(
         default_factory=lambda: {"invitation": (10_000, 2_000_000), "consultation": (1_000, 200_000)}
     )
+    platform_fee_bps: int = 1000
+    payment_window_minutes: int = 30
+    response_hours: int = 24
+    response_margin_hours: int = 12
+    confirm_hold_hours: int = 72
+    chat_days_after_end: int = 7
+    late_cancel_hours: int = 24
+    late_cancel_refund_bps: int = 5000
+    ledger_shards: int = 8
+    sandbox_payments: bool = True
+    sandbox_callback_url: str = "http://127.0.0.1:8000/v1/payments/callbacks/sandbox"
+    notifier: str = "log"
+    wechat_notice_template_id: str = ""
 
     @property
     def users_table(self) -> str:
@@ -105,6 +118,38 @@ def _positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
     if not raw.isdigit() or int(raw) <= 0:
         raise ConfigError(f"environment variable {name} must be a positive whole number, got {raw!r}")
     return int(raw)
+
+
+def _bps(environ: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    """Basis points (1/100 of a percent) within ``low``..``high``."""
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise ConfigError(f"environment variable {name} must be a whole number from {low} to {high}, got {raw!r}")
+    return int(raw)
+
+
+def _sandbox(environ: Mapping[str, str], stage: str) -> bool:
+    """The sandbox payment provider: on by default locally, never on prod."""
+    raw = environ.get("SANDBOX_PAYMENTS", "").strip().lower()
+    if raw not in ("", "on", "off"):
+        raise ConfigError(f"environment variable SANDBOX_PAYMENTS must be on or off, got {raw!r}")
+    enabled = raw == "on" or (raw == "" and stage == "local")
+    if enabled and stage == "prod":
+        raise ConfigError("environment variable SANDBOX_PAYMENTS=on is refused on the prod stage")
+    return enabled
+
+
+def _notifier(environ: Mapping[str, str], stage: str) -> tuple[str, str]:
+    """How users hear of events: ``log`` (local) or ``wechat`` template messages (needs a template id)."""
+    notifier = environ.get("NOTIFIER", "").strip() or ("log" if stage == "local" else "wechat")
+    if notifier not in ("log", "wechat"):
+        raise ConfigError(f"environment variable NOTIFIER must be log or wechat, got {notifier!r}")
+    template = environ.get("WECHAT_NOTICE_TEMPLATE_ID", "").strip()
+    if notifier == "wechat" and not template:
+        raise ConfigError("environment variable WECHAT_NOTICE_TEMPLATE_ID is required when NOTIFIER=wechat")
+    return notifier, template
 
 
 def _fee_bounds(environ: Mapping[str, str], kind: str, default: tuple[int, int]) -> tuple[int, int]:
@@ -181,6 +226,7 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         stream_arn = local_stream_arn(f"{table_prefix}-invitations")
     wechat_mode, wechat_app_ids = _wechat(environ, stage)
     secrets_name, inline_keys = _keys(environ, stage)
+    notifier, notice_template = _notifier(environ, stage)
     return Settings(
         stage=stage,
         table_prefix=table_prefix,
@@ -203,6 +249,20 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
             "invitation": _fee_bounds(environ, "invitation", (10_000, 2_000_000)),
             "consultation": _fee_bounds(environ, "consultation", (1_000, 200_000)),
         },
+        platform_fee_bps=_bps(environ, "PLATFORM_FEE_BPS", 1000, 0, 5000),
+        payment_window_minutes=_positive_int(environ, "PAYMENT_WINDOW_MINUTES", 30),
+        response_hours=_positive_int(environ, "RESPONSE_HOURS", 24),
+        response_margin_hours=_positive_int(environ, "RESPONSE_MARGIN_HOURS", 12),
+        confirm_hold_hours=_positive_int(environ, "CONFIRM_HOLD_HOURS", 72),
+        chat_days_after_end=_positive_int(environ, "CHAT_DAYS_AFTER_END", 7),
+        late_cancel_hours=_positive_int(environ, "LATE_CANCEL_HOURS", 24),
+        late_cancel_refund_bps=_bps(environ, "LATE_CANCEL_REFUND_BPS", 5000, 100, 10000),
+        ledger_shards=_bps(environ, "LEDGER_SHARDS", 8, 1, 64),
+        sandbox_payments=_sandbox(environ, stage),
+        sandbox_callback_url=environ.get("SANDBOX_CALLBACK_URL", "").strip()
+        or "http://127.0.0.1:8000/v1/payments/callbacks/sandbox",
+        notifier=notifier,
+        wechat_notice_template_id=notice_template,
     )
 
 

@@ -66,6 +66,11 @@ def local_environment(ddb_port: int, base: dict[str, str] | None = None) -> dict
     return env
 
 
+def sandbox_callback_url(api_port: int) -> str:
+    """Where the sandbox payment provider posts its callbacks: our own API."""
+    return f"http://{HOST}:{api_port}/v1/payments/callbacks/sandbox"
+
+
 def create_tables(stage: str, ddb_port: int) -> list[str]:
     """Create the stage's missing tables in DynamoDB Local and seed the hospital directory (in this process)."""
     os.environ.update(local_environment(ddb_port))
@@ -139,6 +144,7 @@ def start_stack(args: argparse.Namespace, group: ProcessGroup, stop: threading.E
         print(f"[tables] {line}", flush=True)
     checkpoint()
     env = local_environment(args.ddb_port)
+    env["SANDBOX_CALLBACK_URL"] = sandbox_callback_url(args.api_port)
     python = sys.executable
     api = ["-m", "devstack.api_server", "--stage", args.stage, "--host", HOST, "--port", str(args.api_port)]
     group.start("api", [python, *api], env, cwd=str(PROJECT_DIR))
@@ -207,6 +213,8 @@ def use_stage(args: argparse.Namespace) -> bool:
             print(f"error: DynamoDB Local is not running on port {args.ddb_port}; start the stack with `make run`")
             return False
         os.environ.update(local_environment(args.ddb_port))
+        api_port = getattr(args, "api_port", int(os.environ.get("API_PORT", "8000")))
+        os.environ["SANDBOX_CALLBACK_URL"] = sandbox_callback_url(api_port)
     os.environ.update(stage_environment(args.stage))
     return True
 
@@ -284,6 +292,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run_parser.set_defaults(handler=run)
     job_parser = commands.add_parser("job", help="run one scheduled function now")
     job_parser.add_argument("name")
+    job_parser.add_argument("--api-port", type=int, default=int(os.environ.get("API_PORT", "8000")))
     job_parser.set_defaults(handler=job)
     commands.add_parser("tables", help="create missing tables, seed the directory").set_defaults(handler=tables)
     admin_parser = commands.add_parser("admin", help="create an admin account")

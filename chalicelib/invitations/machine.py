@@ -136,7 +136,7 @@ TRANSITIONS: dict[str, Transition] = {
         _t("start_refund", {DECLINED, EXPIRED, CANCELLED}, REFUNDING, {SYSTEM}, (), ("create_refund_order",)),
         _t(
             "refund",
-            {REFUNDING},
+            {DECLINED, EXPIRED, CANCELLED, REFUNDING},
             REFUNDED,
             {SYSTEM},
             ("provider_confirmed_refund",),

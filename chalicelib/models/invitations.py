@@ -1,7 +1,8 @@
 """The Invitations table: invitations and consultations with everything that hangs off them.
 
 Keys (``pk``/``sk``): ``INVITATION#<id>`` holds the invitation (``META``), its chat
-messages (``MESSAGE#<time>#<id>``), review and complaints; ``CALENDAR#<doctor>`` /
+messages (``MESSAGE#<time>#<id>``), its outbox of notices (``NOTICE#<time>#<event>#<user>``),
+review and complaints; ``CALENDAR#<doctor>`` /
 ``<date>`` is a doctor's day: working or not, the capacity offered for invitations and
 consultations, and how much of it is booked.
 
@@ -18,7 +19,14 @@ The table streams new and old images to the consumers that keep derived data
 
 from __future__ import annotations
 
-from pynamodb.attributes import BooleanAttribute, DiscriminatorAttribute, NumberAttribute, UnicodeAttribute
+from pynamodb.attributes import (
+    BooleanAttribute,
+    DiscriminatorAttribute,
+    ListAttribute,
+    MapAttribute,
+    NumberAttribute,
+    UnicodeAttribute,
+)
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
 from pynamodb.models import Model
 
@@ -95,3 +103,80 @@ class CalendarDay(InvitationsTable, discriminator="calendar_day"):
     invitations_booked = NumberAttribute(default=0)
     consultations_booked = NumberAttribute(default=0)
     updated_at = UnicodeAttribute()
+
+
+class StatusChange(MapAttribute):
+    """One step of an invitation's history: which transition, by whom, when and why."""
+
+    at = UnicodeAttribute()
+    transition = UnicodeAttribute()
+    status = UnicodeAttribute()
+    actor = UnicodeAttribute()
+    actor_id = UnicodeAttribute(null=True)
+    reason = UnicodeAttribute(null=True)
+
+
+class Invitation(InvitationsTable, discriminator="invitation"):
+    """An invitation or a consultation: ``INVITATION#<id>`` / ``META``.
+
+    ``status`` moves only through ``invitations.machine`` transitions, each a conditional
+    write on the status it leaves. ``fee_fen`` is the doctor's published fee when the
+    invitation was made. ``clinical_cipher`` holds the pre-anesthesia summary and the
+    requester's note, encrypted. ``doctor_key`` is set when the invitation is paid: a
+    doctor never sees unpaid requests.
+    """
+
+    invitation_id = UnicodeAttribute()
+    kind = UnicodeAttribute()
+    status = UnicodeAttribute()
+    requester_id = UnicodeAttribute()
+    requester_role = UnicodeAttribute()
+    doctor_id = UnicodeAttribute()
+    hospital_id = UnicodeAttribute()
+    hospital_name = UnicodeAttribute()
+    scheduled_date = UnicodeAttribute()
+    scheduled_time = UnicodeAttribute()
+    scheduled_at = UnicodeAttribute()
+    operation = MapAttribute(null=True)
+    clinical_cipher = UnicodeAttribute(null=True)
+    fee_fen = NumberAttribute()
+    currency = UnicodeAttribute(default="CNY")
+    platform_fee_fen = NumberAttribute(null=True)
+    doctor_share_fen = NumberAttribute(null=True)
+    payment_order_id = UnicodeAttribute(null=True)
+    channel = UnicodeAttribute(null=True)
+    refund_order_id = UnicodeAttribute(null=True)
+    booked = BooleanAttribute(default=False)
+    response_deadline = UnicodeAttribute(null=True)
+    accepted_at = UnicodeAttribute(null=True)
+    completed_at = UnicodeAttribute(null=True)
+    hold_until = UnicodeAttribute(null=True)
+    ended_at = UnicodeAttribute(null=True)
+    history = ListAttribute(of=StatusChange, default=list)
+    revision = NumberAttribute(default=0)
+    updated_at = UnicodeAttribute()
+
+
+class Message(InvitationsTable, discriminator="message"):
+    """A chat message: ``INVITATION#<id>`` / ``MESSAGE#<time>#<message id>``. Never changes money or status."""
+
+    message_id = UnicodeAttribute()
+    invitation_id = UnicodeAttribute()
+    sender_id = UnicodeAttribute()
+    sender_side = UnicodeAttribute()
+    text = UnicodeAttribute()
+
+
+class Notice(InvitationsTable, discriminator="notice"):
+    """An outbox entry: ``INVITATION#<id>`` / ``NOTICE#<time>#<event>#<user>``.
+
+    Written in the same transaction as the change it announces; the Invitations stream
+    consumer sends it through the ``Notifier`` and records ``sent_at``. It names the event
+    and the invitation only: no health details ever leave in a notification.
+    """
+
+    event = UnicodeAttribute()
+    invitation_id = UnicodeAttribute()
+    recipient_id = UnicodeAttribute()
+    sent_at = UnicodeAttribute(null=True)
+    outcome = UnicodeAttribute(null=True)

@@ -3,8 +3,10 @@
 Keys (``pk``/``sk``): ``TX#<id>`` / ``TX`` a journal transaction (its entries inside,
 summing to zero); ``ACCOUNT#<account>`` / ``BALANCE`` an account's balance and
 ``ACCOUNT#<account>`` / ``ENTRY#<time>#<tx>`` its entries; ``ORDER#<id>`` / ``ORDER``
-a payment, refund or payout order; ``PROVIDER#<channel>#<ref>`` / ``EVENT`` the
-dedupe key of a provider event. Items are appended, never edited, except balances
+a payment, refund or payout order; ``PROVIDER#<channel>#<kind>#<ref>`` / ``SEEN`` the
+permanent dedupe key of a provider event or provider object; ``QUARANTINE#<channel>#<event>``
+/ ``EVENT`` a verified callback for an order that is not ours. The sandbox provider keeps
+its own side under ``SANDBOX#`` (``chalicelib.models.sandbox``). Items are appended, never edited, except balances
 and order states, which move only by conditional writes.
 
 Indexes:
@@ -16,7 +18,14 @@ Indexes:
 
 from __future__ import annotations
 
-from pynamodb.attributes import DiscriminatorAttribute, MapAttribute, NumberAttribute, UnicodeAttribute
+from pynamodb.attributes import (
+    BooleanAttribute,
+    DiscriminatorAttribute,
+    ListAttribute,
+    MapAttribute,
+    NumberAttribute,
+    UnicodeAttribute,
+)
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
 from pynamodb.models import Model
 
@@ -95,3 +104,74 @@ class AccountBalance(LedgerTable, discriminator="account_balance"):
 
     account = UnicodeAttribute()
     balance = NumberAttribute(default=0)
+
+
+class PaymentOrder(LedgerTable, discriminator="payment_order"):
+    """A payment order: ``ORDER#<out_trade_no>`` / ``ORDER``; ``status`` pending → succeeded | closed.
+
+    The amount is copied from what it pays for (never from the client). While pending it
+    sits in ``work_due`` ``WORK#payment`` so the follow-up job polls the provider (a lost
+    callback) and closes it when its window ends.
+    """
+
+    order_id = UnicodeAttribute()
+    purpose = UnicodeAttribute()
+    reference = UnicodeAttribute()
+    payer_id = UnicodeAttribute()
+    channel = UnicodeAttribute()
+    scene = UnicodeAttribute()
+    amount_fen = NumberAttribute()
+    currency = UnicodeAttribute(default="CNY")
+    status = UnicodeAttribute()
+    expires_at = UnicodeAttribute()
+    client_params = MapAttribute(null=True)
+    provider_ref = UnicodeAttribute(null=True)
+    paid_at = UnicodeAttribute(null=True)
+    closed_at = UnicodeAttribute(null=True)
+    checks = NumberAttribute(default=0)
+    flags = ListAttribute(of=UnicodeAttribute, null=True)
+    updated_at = UnicodeAttribute()
+
+
+class RefundOrder(LedgerTable, discriminator="refund_order"):
+    """A refund by the original path: ``ORDER#<out_refund_no>`` / ``ORDER``.
+
+    Stored, with its number, before the provider is called; every retry reuses the
+    number, so the provider refunds once. ``entries`` is the posting made when the
+    provider confirms (money back to ``provider:<channel>``). ``status``: requested →
+    processing → succeeded, or failed (an admin must look: ``needs_attention``).
+    """
+
+    refund_no = UnicodeAttribute()
+    payment_order_id = UnicodeAttribute()
+    reference = UnicodeAttribute()
+    payer_id = UnicodeAttribute()
+    channel = UnicodeAttribute()
+    amount_fen = NumberAttribute()
+    total_fen = NumberAttribute()
+    reason = UnicodeAttribute()
+    entries = MapAttribute()
+    status = UnicodeAttribute()
+    attempts = NumberAttribute(default=0)
+    last_error = UnicodeAttribute(null=True)
+    provider_ref = UnicodeAttribute(null=True)
+    needs_attention = BooleanAttribute(default=False)
+    refunded_at = UnicodeAttribute(null=True)
+    updated_at = UnicodeAttribute()
+
+
+class ProviderSeen(LedgerTable, discriminator="provider_seen"):
+    """A provider event or object already applied: ``PROVIDER#<channel>#<kind>#<ref>`` / ``SEEN``. Kept forever."""
+
+    order_id = UnicodeAttribute()
+
+
+class QuarantinedEvent(LedgerTable, discriminator="quarantined_event"):
+    """A verified callback we could not apply (an order that is not ours): kept for an operator, listed under
+    ``by_owner`` ``LEDGER#QUARANTINE``."""
+
+    channel = UnicodeAttribute()
+    event_id = UnicodeAttribute()
+    kind = UnicodeAttribute()
+    merchant_ref = UnicodeAttribute()
+    reason = UnicodeAttribute()

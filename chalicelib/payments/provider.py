@@ -101,6 +101,17 @@ class ProviderEvent:
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
 
+class ProviderError(Exception):
+    """A provider call that did not succeed. ``retryable``: the same call (same merchant number) may be
+    repeated later — a timeout, a 5xx, a rate limit; the outcome is unknown until a query says so."""
+
+    def __init__(self, code: str, message: str, *, retryable: bool) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.retryable = retryable
+
+
 @dataclass(frozen=True)
 class HttpReply:
     """The answer a provider expects to a callback (WeChat: 204, or 4xx/5xx with a JSON code)."""

@@ -251,6 +251,8 @@ CLOCK_MODULES = (
     "chalicelib.handlers.admin",
     "chalicelib.handlers.discovery",
     "chalicelib.handlers.directory",
+    "chalicelib.handlers.invitations",
+    "chalicelib.handlers.payments",
 )
 """The handler modules that read the business clock (``utc_now``)."""
 

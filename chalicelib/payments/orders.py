@@ -1,0 +1,337 @@
+"""Payment orders: opened for what they pay for, followed until the provider says paid or closed.
+
+The order number (``out_trade_no``) is ``PI<invitation id>``: an invitation has one order,
+so a client that retries ``POST /v1/payments`` gets the same order and the same client
+parameters back, and the provider never sees two orders for one invitation. The order is
+stored before the provider is called; the amount is the invitation's fee snapshot,
+never a client value.
+
+A pending order sits in the sparse ``WORK#payment`` queue: the follow-up job queries the
+provider with backoff (a callback may never come) and, when the payment window ends,
+closes the order at the provider and then the invitation. A payment that wins that race
+is applied, and refunded, by ``settlement``.
+
+Example
+-------
+>>> open_order(principal, OrderRequest("invitation", "3f…", "sandbox"), utc_now())  # doctest: +SKIP
+(201, {'order_id': 'PI3f…', 'status': 'pending', 'amount_fen': 50000, 'client_params': {...}, ...})
+"""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import msgspec
+from pynamodb.exceptions import DoesNotExist, UpdateError
+
+from chalicelib.accounts.roles import ADMIN
+from chalicelib.clock import iso
+from chalicelib.config import get_settings
+from chalicelib.errors import ApiError
+from chalicelib.invitations import engine
+from chalicelib.invitations.machine import AWAITING_PAYMENT, SYSTEM
+from chalicelib.models.invitations import Invitation
+from chalicelib.models.ledger import PaymentOrder
+from chalicelib.models.transactions import Batch, TransactionCancelledError, busy
+from chalicelib.observability import logger
+
+if TYPE_CHECKING:
+    from chalicelib.accounts.roles import Principal
+
+QUEUE = "WORK#payment"
+POLL_SECONDS = (60, 120, 300, 600)
+NOT_FOUND = ApiError(
+    404, "payment_order_not_found", "No payment order with this id is yours to see", "找不到该支付订单"
+)
+DESCRIPTIONS = {"invitation": "麻醉邀请", "consultation": "麻醉咨询"}
+SCENE_APPS = {"jsapi_oa": "oa", "jsapi_mp": "mp"}
+
+
+class OrderRequest(msgspec.Struct, forbid_unknown_fields=True):
+    purpose: Literal["invitation", "tip", "membership"]
+    reference: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    channel: Literal["wechat", "alipay", "unionpay", "sandbox"]
+    scene: Literal["jsapi_oa", "jsapi_mp", "h5", "app"] = "jsapi_mp"
+
+
+def order_number(invitation_id: str) -> str:
+    return f"PI{invitation_id}"
+
+
+def get(order_id: str) -> PaymentOrder | None:
+    try:
+        return PaymentOrder.get(f"ORDER#{order_id}", "ORDER", consistent_read=True)
+    except DoesNotExist:
+        return None
+
+
+def payment_window_end(invitation: Invitation) -> datetime:
+    return datetime.fromisoformat(invitation.created_at) + timedelta(minutes=get_settings().payment_window_minutes)
+
+
+def view(order: PaymentOrder, viewer: Principal) -> dict[str, Any]:
+    """The order as its payer (or an admin) sees it; client parameters only while it can be paid."""
+    body: dict[str, Any] = {
+        "order_id": order.order_id,
+        "purpose": order.purpose,
+        "reference": order.reference,
+        "channel": order.channel,
+        "scene": order.scene,
+        "amount_fen": int(order.amount_fen),
+        "currency": order.currency,
+        "status": order.status,
+        "created_at": order.created_at,
+        "expires_at": order.expires_at,
+        "paid_at": order.paid_at,
+        "closed_at": order.closed_at,
+        "client_params": order.client_params.as_dict() if order.client_params and order.status == "pending" else None,
+    }
+    if viewer.role == ADMIN:
+        body.update(provider_ref=order.provider_ref, flags=list(order.flags or []))
+    return body
+
+
+def read(order_id: str, viewer: Principal) -> dict[str, Any]:
+    """``GET /v1/payments/{id}``: the payer's own order, or any for an admin."""
+    order = get(order_id)
+    if order is None or (order.payer_id != viewer.user_id and viewer.role != ADMIN):
+        raise NOT_FOUND
+    return view(order, viewer)
+
+
+def open_order(principal: Principal, request: OrderRequest, now: datetime) -> tuple[int, dict[str, Any]]:
+    """Open (or return the open) payment order of an invitation, with what the front end needs to pay."""
+    from chalicelib.payments.registry import get_provider
+
+    if request.purpose != "invitation":
+        raise ApiError(
+            422,
+            "purpose_unavailable",
+            f"Payments for {request.purpose!r} are not offered yet",
+            "暂不支持该支付用途",
+            {"purpose": request.purpose},
+        )
+    provider = get_provider(request.channel)
+    invitation = engine.load(request.reference)
+    if invitation.requester_id != principal.user_id:
+        raise engine.NOT_FOUND
+    if invitation.status != AWAITING_PAYMENT:
+        raise ApiError(
+            409,
+            "invitation_not_payable",
+            "This invitation is not waiting for payment",
+            "该邀请当前无需支付",
+            {"status": invitation.status},
+        )
+    expires_at = payment_window_end(invitation)
+    if now >= expires_at:
+        raise ApiError(
+            409,
+            "payment_window_closed",
+            "The time to pay for this invitation is over",
+            "支付时间已过",
+            {"expired_at": iso(expires_at)},
+        )
+    order, created = _order_for(invitation, request, expires_at, now)
+    if order.client_params is None:
+        order = _create_at_provider(provider, order, invitation, principal)
+    return (201 if created else 200), view(order, principal)
+
+
+def _order_for(
+    invitation: Invitation, request: OrderRequest, expires_at: datetime, now: datetime
+) -> tuple[PaymentOrder, bool]:
+    """The invitation's order: the one already open (same channel and scene), or a new one stored now."""
+    if invitation.payment_order_id:
+        existing = get(invitation.payment_order_id)
+        if existing is None:
+            raise busy()
+        if existing.channel != request.channel or existing.scene != request.scene:
+            raise ApiError(
+                409,
+                "payment_order_open",
+                "This invitation already has an open payment order on another channel or scene",
+                "该邀请已有未完成的支付订单",
+                {"order_id": existing.order_id, "channel": existing.channel, "scene": existing.scene},
+            )
+        return existing, False
+    order = PaymentOrder(f"ORDER#{order_number(invitation.invitation_id)}", "ORDER")
+    order.order_id, order.purpose, order.reference = (
+        order_number(invitation.invitation_id),
+        "invitation",
+        invitation.invitation_id,
+    )
+    order.payer_id, order.channel, order.scene = invitation.requester_id, request.channel, request.scene
+    order.amount_fen, order.currency, order.status = int(invitation.fee_fen), "CNY", "pending"
+    order.expires_at, order.created_at, order.updated_at = iso(expires_at), iso(now), iso(now)
+    order.owner_key, order.work_queue, order.due_at = (
+        f"OWNER#{invitation.requester_id}",
+        QUEUE,
+        iso(now + timedelta(seconds=POLL_SECONDS[0])),
+    )
+    batch = Batch()
+    batch.put("order", order, condition=PaymentOrder.pk.does_not_exist())
+    batch.update(
+        "invitation",
+        invitation,
+        actions=[Invitation.payment_order_id.set(order.order_id), Invitation.updated_at.set(iso(now))],
+        condition=(Invitation.status == AWAITING_PAYMENT) & Invitation.payment_order_id.does_not_exist(),
+    )
+    try:
+        batch.commit(PaymentOrder._get_connection().connection)
+    except TransactionCancelledError:
+        current = engine.load(invitation.invitation_id)
+        if current.payment_order_id:  # a concurrent request opened it first
+            return _order_for(current, request, expires_at, now)
+        raise ApiError(
+            409,
+            "invitation_not_payable",
+            "This invitation is not waiting for payment",
+            "该邀请当前无需支付",
+            {"status": current.status},
+        ) from None
+    return order, True
+
+
+def _create_at_provider(
+    provider: Any, order: PaymentOrder, invitation: Invitation, principal: Principal
+) -> PaymentOrder:
+    from chalicelib.payments.provider import PaymentRequest, ProviderError
+
+    openid = None
+    if order.scene in SCENE_APPS:
+        from chalicelib.accounts.profiles import load_account
+
+        openids = load_account(principal.user_id).wechat_openids
+        openid = (openids.as_dict() if openids else {}).get(SCENE_APPS[order.scene])
+    request = PaymentRequest(
+        order.order_id,
+        int(order.amount_fen),
+        DESCRIPTIONS.get(invitation.kind, DESCRIPTIONS["invitation"]),
+        order.scene,  # type: ignore[arg-type]
+        openid,
+        datetime.fromisoformat(order.expires_at),
+    )
+    try:
+        intent = provider.create_payment(request)
+    except ProviderError as error:
+        logger.warning(
+            "payment order not opened at the provider", extra={"order_id": order.order_id, "code": error.code}
+        )
+        raise ApiError(
+            502,
+            "provider_unavailable",
+            "The payment provider did not answer; retry (the same order is used)",
+            "支付服务暂不可用，请重试",
+            {"order_id": order.order_id},
+        ) from None
+    with contextlib.suppress(UpdateError):  # paid or closed meanwhile: the view shows its state
+        order.update(
+            actions=[
+                PaymentOrder.client_params.set(intent.client_params),
+                PaymentOrder.provider_ref.set(intent.provider_ref),
+            ],
+            condition=PaymentOrder.status == "pending",
+        )
+    return get(order.order_id) or order
+
+
+def close_actions(now: datetime) -> list[Any]:
+    """The update that closes a pending order (conditional on ``status == pending`` by the caller)."""
+    return [
+        PaymentOrder.status.set("closed"),
+        PaymentOrder.closed_at.set(iso(now)),
+        PaymentOrder.updated_at.set(iso(now)),
+        PaymentOrder.work_queue.remove(),
+        PaymentOrder.due_at.remove(),
+    ]
+
+
+def close(order: PaymentOrder, now: datetime) -> str:
+    """Close our order and the unpaid invitation it was for, in one transaction (the provider's side is closed)."""
+    batch = Batch()
+    batch.update("order", order, actions=close_actions(now), condition=PaymentOrder.status == "pending")
+    invitation = engine.load(order.reference)
+    try:
+        if invitation.status == AWAITING_PAYMENT:
+            engine.fire(
+                invitation,
+                "lapse_unpaid",
+                actor=SYSTEM,
+                actor_id=None,
+                now=now,
+                batch=batch,
+                actions=[Invitation.ended_at.set(iso(now))],
+            )
+        else:
+            batch.commit(PaymentOrder._get_connection().connection)
+    except (ApiError, TransactionCancelledError):
+        return "duplicate"
+    return "applied"
+
+
+def follow_up(order: PaymentOrder, now: datetime) -> str:
+    """One step of the follow-up job for a pending order: query; apply; close when its window ended."""
+    from chalicelib.payments import settlement
+    from chalicelib.payments.provider import ProviderError
+    from chalicelib.payments.registry import get_provider
+
+    provider = get_provider(order.channel)
+    expired = now >= datetime.fromisoformat(order.expires_at)
+    try:
+        status = provider.query_payment(order.order_id)
+    except ProviderError as error:
+        if error.retryable or not expired:
+            return _reschedule(order, now)
+        status = None  # the provider never opened it: nothing to close there
+    if status is not None and status.state == "succeeded":
+        return settlement.apply_payment(
+            settlement.Outcome(order.order_id, "succeeded", status.transaction_id, status.amount_fen, status.currency),
+            now,
+        )
+    if status is not None and status.state == "closed":
+        return close(order, now)
+    if not expired:
+        return _reschedule(order, now)
+    if status is not None:
+        try:
+            provider.close_payment(order.order_id)
+        except ProviderError as error:
+            if error.code == "order_paid":  # paid at the last moment: the query tells how much
+                return follow_up_paid(order, now)
+            if error.retryable:
+                return _reschedule(order, now)
+    return close(order, now)
+
+
+def follow_up_paid(order: PaymentOrder, now: datetime) -> str:
+    from chalicelib.payments import settlement
+    from chalicelib.payments.registry import get_provider
+
+    status = get_provider(order.channel).query_payment(order.order_id)
+    return settlement.apply_payment(
+        settlement.Outcome(order.order_id, status.state, status.transaction_id, status.amount_fen, status.currency), now
+    )
+
+
+def _reschedule(order: PaymentOrder, now: datetime) -> str:
+    checks = int(order.checks) + 1
+    next_at = min(
+        now + timedelta(seconds=POLL_SECONDS[min(checks, len(POLL_SECONDS) - 1)]),
+        datetime.fromisoformat(order.expires_at),
+    )
+    try:
+        order.update(
+            actions=[PaymentOrder.checks.set(checks), PaymentOrder.due_at.set(iso(max(next_at, now)))],
+            condition=(PaymentOrder.status == "pending") & (PaymentOrder.checks == order.checks),
+        )
+    except UpdateError:
+        return "duplicate"
+    return "waiting"
+
+
+def due(now: datetime, limit: int) -> list[PaymentOrder]:
+    """Pending orders whose next check is due (a Query on the sparse ``work_due`` index)."""
+    return list(PaymentOrder.by_work_due.query(QUEUE, PaymentOrder.due_at <= iso(now), limit=limit))

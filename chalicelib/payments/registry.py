@@ -1,0 +1,53 @@
+"""Which payment channels this stage offers, and their ``Provider`` adapters (created on first use).
+
+Only the sandbox is wired so far; WeChat Pay, Alipay and UnionPay adapters plug in here
+behind the same interface.
+
+Example
+-------
+>>> get_provider("sandbox").channel  # doctest: +SKIP
+'sandbox'
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from chalicelib.config import get_settings
+from chalicelib.errors import ApiError
+
+if TYPE_CHECKING:
+    from chalicelib.payments.provider import Provider
+
+CHANNELS = ("wechat", "alipay", "unionpay", "sandbox")
+_providers: dict[str, Provider] = {}
+
+
+def available_channels() -> list[str]:
+    """The channels a payer may choose on this stage."""
+    return ["sandbox"] if get_settings().sandbox_payments else []
+
+
+def get_provider(channel: str) -> Provider:
+    """The adapter of ``channel``; 422 ``channel_unavailable`` when this stage does not offer it."""
+    if channel not in available_channels():
+        raise ApiError(
+            422,
+            "channel_unavailable",
+            f"Payment channel {channel!r} is not available here",
+            "该支付方式暂不可用",
+            {"channel": channel, "available": available_channels()},
+        )
+    if channel not in _providers:
+        from chalicelib.payments.sandbox import SandboxProvider
+
+        _providers[channel] = SandboxProvider()
+    return _providers[channel]
+
+
+def use_provider(channel: str, provider: Provider | None) -> None:
+    """Install (or with None, forget) the adapter of ``channel`` — for tests that inject a fake."""
+    if provider is None:
+        _providers.pop(channel, None)
+    else:
+        _providers[channel] = provider

@@ -1,0 +1,196 @@
+"""What a payment's outcome does, whoever reports it: a verified callback or the follow-up job's query.
+
+``apply_payment`` is the one transition function of both paths (reference/payments.md §6.3).
+It checks the order is ours and the amount and currency match, then writes in one
+transaction: the provider dedupe keys (event id, transaction id; kept forever), the
+order's new state (conditional on its old one), the invitation's transition and the
+ledger posting ``provider → escrow``. A payment for an invitation that was closed
+meanwhile is taken in and refunded at once. A repeat changes nothing; a ``CLOSED`` after
+``SUCCESS`` is ignored and flagged.
+
+Example
+-------
+>>> apply_payment(Outcome("PI3f", "succeeded", "tx1", 500, "CNY"), utc_now(), event_id="EV-1")  # doctest: +SKIP
+'applied'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from pynamodb.exceptions import UpdateError
+
+from chalicelib.clock import iso
+from chalicelib.config import get_settings
+from chalicelib.errors import ApiError
+from chalicelib.invitations import engine, policy
+from chalicelib.invitations.machine import AWAITING_PAYMENT, CLOSED, SYSTEM
+from chalicelib.ledger import accounts
+from chalicelib.ledger.journal import Posting
+from chalicelib.models.invitations import Invitation
+from chalicelib.models.ledger import PaymentOrder, ProviderSeen
+from chalicelib.models.transactions import Batch, TransactionCancelledError
+from chalicelib.notifications.outbox import add_notice
+from chalicelib.observability import logger
+from chalicelib.payments import orders, refunds
+
+
+class AmountMismatchError(Exception):
+    """The provider reports another amount or currency than our order: never applied, always alerted."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A payment's state as the provider reports it."""
+
+    order_id: str
+    state: str
+    transaction_id: str | None = None
+    amount_fen: int | None = None
+    currency: str | None = None
+
+
+def seen_key(channel: str, kind: str, ref: str) -> str:
+    return f"PROVIDER#{channel}#{kind}#{ref}"
+
+
+def apply_payment(outcome: Outcome, now: datetime, *, event_id: str | None = None) -> str:
+    """Apply a reported payment state; return ``applied``, ``duplicate``, ``ignored`` or ``unknown_order``.
+
+    Raises ``AmountMismatchError`` when amount or currency differ from the order.
+    """
+    order = orders.get(outcome.order_id)
+    if order is None or order.purpose != "invitation":
+        return "unknown_order"
+    if outcome.state == "succeeded":
+        if outcome.amount_fen != int(order.amount_fen) or (outcome.currency or "CNY") != order.currency:
+            logger.error(
+                "payment amount mismatch",
+                extra={"order_id": order.order_id, "reported": outcome.amount_fen, "expected": int(order.amount_fen)},
+            )
+            raise AmountMismatchError(order.order_id)
+        if order.status == "succeeded":
+            if outcome.transaction_id and outcome.transaction_id != order.provider_ref:
+                logger.error(
+                    "second transaction for one order",
+                    extra={"order_id": order.order_id, "txn": outcome.transaction_id},
+                )
+            return "duplicate"
+        return _paid(order, outcome, now, event_id)
+    if outcome.state == "closed":
+        return _closed(order, now)
+    return "ignored"
+
+
+def _seen_keys(order: PaymentOrder, outcome: Outcome, event_id: str | None) -> list[tuple[str, str]]:
+    keys = [("seen:txn", seen_key(order.channel, "txn", outcome.transaction_id or order.order_id))]
+    if event_id:
+        keys.append(("seen:event", seen_key(order.channel, "event", event_id)))
+    return keys
+
+
+def _paid(order: PaymentOrder, outcome: Outcome, now: datetime, event_id: str | None) -> str:
+    settings = get_settings()
+    invitation = engine.load(order.reference)
+    batch = Batch()
+    for name, key in _seen_keys(order, outcome, event_id):
+        seen = ProviderSeen(key, "SEEN")
+        seen.order_id, seen.created_at = order.order_id, iso(now)
+        batch.put(name, seen, condition=ProviderSeen.pk.does_not_exist())
+    batch.update(
+        "order",
+        order,
+        actions=[
+            PaymentOrder.status.set("succeeded"),
+            PaymentOrder.provider_ref.set(outcome.transaction_id or ""),
+            PaymentOrder.paid_at.set(iso(now)),
+            PaymentOrder.updated_at.set(iso(now)),
+            PaymentOrder.work_queue.remove(),
+            PaymentOrder.due_at.remove(),
+        ],
+        condition=PaymentOrder.status.is_in("pending", "closed"),
+    )
+    amount = int(order.amount_fen)
+    posting = Posting(
+        f"pay:{order.order_id}",
+        "payment",
+        {
+            accounts.clearing_account(order.channel, invitation.invitation_id, settings.ledger_shards): -amount,
+            accounts.escrow(invitation.invitation_id): amount,
+        },
+        f"invitation:{invitation.invitation_id}",
+    )
+    refund_no = None
+    if invitation.status == AWAITING_PAYMENT:
+        name, actions = "pay", _on_paid(invitation, order, now)
+        add_notice(
+            batch,
+            invitation_id=invitation.invitation_id,
+            event="new_invitation",
+            recipient_id=invitation.doctor_id,
+            now=now,
+        )
+    elif invitation.status == CLOSED:
+        invitation.channel = order.channel  # the refund goes back the way the money came
+        refund_no = refunds.add_refund_order(
+            batch,
+            invitation,
+            policy.full_refund(invitation.invitation_id, order.channel, amount, settings),
+            amount_fen=amount,
+            reason="paid after the invitation closed",
+            now=now,
+        )
+        name, actions = (
+            "pay_after_closing",
+            [Invitation.channel.set(order.channel), Invitation.refund_order_id.set(refund_no)],
+        )
+    else:
+        logger.error("payment for an invitation that cannot take it", extra={"order_id": order.order_id})
+        return "ignored"
+    try:
+        engine.fire(
+            invitation, name, actor=SYSTEM, actor_id=None, now=now, actions=actions, batch=batch, posting=posting
+        )
+    except TransactionCancelledError as cancelled:
+        if {"seen:event", "seen:txn", "order"} & set(cancelled.failed):
+            return "duplicate"
+        raise
+    except ApiError:
+        latest = orders.get(order.order_id)
+        if latest is not None and latest.status == "succeeded":
+            return "duplicate"
+        raise
+    if refund_no is not None:
+        logger.warning("payment after closing: refunding", extra={"order_id": order.order_id, "refund_no": refund_no})
+        refunds.request(refund_no, now)
+    return "applied"
+
+
+def _on_paid(invitation: Invitation, order: PaymentOrder, now: datetime) -> list:
+    """The invitation's changes on payment: the doctor sees it now and must answer by the deadline."""
+    deadline = policy.response_deadline(now, datetime.fromisoformat(invitation.scheduled_at), get_settings())
+    return [
+        Invitation.channel.set(order.channel),
+        Invitation.doctor_key.set(f"DOCTOR#{invitation.doctor_id}"),
+        Invitation.response_deadline.set(iso(max(deadline, now))),
+        Invitation.due_queue.set(engine.DUE_RESPONSE),
+        Invitation.due_at.set(iso(max(deadline, now))),
+    ]
+
+
+def _closed(order: PaymentOrder, now: datetime) -> str:
+    """The provider closed the order: close ours and the invitation; never after a success."""
+    if order.status == "succeeded":
+        logger.warning("closed after success ignored", extra={"order_id": order.order_id})
+        try:
+            order.update(
+                actions=[PaymentOrder.flags.set((PaymentOrder.flags | []).append(["closed_after_success"]))],
+                condition=PaymentOrder.status == "succeeded",
+            )
+        except UpdateError:  # the flag is a courtesy for operators; the log line is the alert
+            logger.exception("could not flag the order")
+        return "ignored"
+    if order.status == "closed":
+        return "duplicate"
+    return orders.close(order, now)
