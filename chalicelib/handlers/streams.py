@@ -1,4 +1,7 @@
-"""DynamoDB stream consumers.
+"""DynamoDB stream consumers: ``count_invitation_changes`` and ``send_notices``, both on the Invitations stream.
+
+Two consumers is what DynamoDB Streams serves per shard without throttling; a third
+would need a fan-out (EventBridge Pipes, Kinesis Data Streams).
 
 Each consumer reports failed records with Powertools ``BatchProcessor`` so Lambda (with
 ``ReportBatchItemFailures`` on the mapping) or the local event pump redelivers from the
@@ -41,6 +44,46 @@ def count_invitation_changes(event: DynamoDBEvent) -> dict[str, Any]:
     return process_partial_response(
         event=event.to_dict(),
         record_handler=apply,
+        processor=BatchProcessor(event_type=EventType.DynamoDBStreams),
+        context=event.context,
+    )
+
+
+@bp.on_dynamodb_record(
+    stream_arn=get_settings().invitations_stream_arn,
+    name="send_notices",
+    # Each record may cost a WeChat call (up to its timeout): small batches stay well inside
+    # the function's time limit.
+    batch_size=10,
+    # A notice is marked when sent, so re-reading sends nothing twice; skipping would lose notices.
+    starting_position="TRIM_HORIZON",
+)
+def send_notices(event: DynamoDBEvent) -> dict[str, Any]:
+    """Send each new outbox notice through the stage's ``Notifier`` (``notifications.dispatch``).
+
+    Once a notice could not be sent for a reason a retry may fix (WeChat busy or
+    unreachable), the rest of the batch is reported failed without calling WeChat again:
+    the stream is redelivered from the first failure anyway.
+    """
+    from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+
+    from chalicelib.notifications.dispatch import send_notice_record
+    from chalicelib.notifications.notifier import NoticeNotSentError
+
+    unavailable: list[NoticeNotSentError] = []
+
+    def send(record: DynamoDBRecord) -> None:
+        if unavailable:
+            raise NoticeNotSentError(f"skipped after an earlier failure ({unavailable[0].reason})")
+        try:
+            send_notice_record(record.raw_event)
+        except NoticeNotSentError as error:
+            unavailable.append(error)
+            raise
+
+    return process_partial_response(
+        event=event.to_dict(),
+        record_handler=send,
         processor=BatchProcessor(event_type=EventType.DynamoDBStreams),
         context=event.context,
     )

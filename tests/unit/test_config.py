@@ -25,6 +25,7 @@ DEPLOYED: dict[str, str | None] = {
     "FRONTEND_URL": "https://m.example.cn",
     "WECHAT_OA_APPID": "wx-oa",
     "WECHAT_MP_APPID": "wx-mp",
+    "WECHAT_NOTICE_TEMPLATE_ID": "tmpl-1",
 }
 DEV_STREAM_ARN = "arn:aws-cn:dynamodb:cn-north-1:123456789012:table/anes-dev-invitations/stream/2025-01-01T00:00:00.000"
 
@@ -215,3 +216,27 @@ def test_token_lifetimes_and_login_limits_are_read() -> None:
     assert settings.refresh_token_seconds == 2 * 86400
     assert settings.login_max_failures == 3
     assert settings.login_window_seconds == 900
+
+
+def test_deployed_stages_notify_through_wechat_and_need_a_template() -> None:
+    # GIVEN a deployed stage with no template id WHEN the settings load THEN the variable is named
+    with pytest.raises(ConfigError, match="WECHAT_NOTICE_TEMPLATE_ID"):
+        load_settings(deployed(WECHAT_NOTICE_TEMPLATE_ID=None))
+    assert load_settings(deployed()).notifier == "wechat"
+    assert load_settings(env()).notifier == "log"
+
+
+def test_the_sandbox_payment_provider_is_local_and_never_on_prod() -> None:
+    assert load_settings(env()).sandbox_payments is True
+    assert load_settings(deployed("dev")).sandbox_payments is False
+    with pytest.raises(ConfigError, match="SANDBOX_PAYMENTS"):
+        load_settings(deployed(SANDBOX_PAYMENTS="on"))
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("PLATFORM_FEE_BPS", "5001"), ("LATE_CANCEL_REFUND_BPS", "99"), ("LEDGER_SHARDS", "0"), ("RESPONSE_HOURS", "x")],
+)
+def test_flow_settings_out_of_range_are_refused_by_name(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        load_settings(env(**{name: value}))
