@@ -120,6 +120,15 @@ def _positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
     return int(raw)
 
 
+def _non_negative_int(environ: Mapping[str, str], name: str, default: int) -> int:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit():
+        raise ConfigError(f"environment variable {name} must be a whole number, got {raw!r}")
+    return int(raw)
+
+
 def _bps(environ: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
     """Basis points (1/100 of a percent) within ``low``..``high``."""
     raw = environ.get(name, "").strip()
@@ -252,7 +261,7 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         platform_fee_bps=_bps(environ, "PLATFORM_FEE_BPS", 1000, 0, 5000),
         payment_window_minutes=_positive_int(environ, "PAYMENT_WINDOW_MINUTES", 30),
         response_hours=_positive_int(environ, "RESPONSE_HOURS", 24),
-        response_margin_hours=_positive_int(environ, "RESPONSE_MARGIN_HOURS", 12),
+        response_margin_hours=_non_negative_int(environ, "RESPONSE_MARGIN_HOURS", 12),
         confirm_hold_hours=_positive_int(environ, "CONFIRM_HOLD_HOURS", 72),
         chat_days_after_end=_positive_int(environ, "CHAT_DAYS_AFTER_END", 7),
         late_cancel_hours=_positive_int(environ, "LATE_CANCEL_HOURS", 24),

@@ -274,6 +274,8 @@ def check_ledger(args: argparse.Namespace) -> int:
     print(f"ledger: {report.transactions} transactions, {report.accounts} accounts, {report.entries} entries")
     for violation in report.violations:
         print(f"violation: {violation}")
+    for note in report.attention:
+        print(f"attention: {note}")
     print("ledger: ok" if report.ok else f"ledger: {len(report.violations)} violations")
     return 0 if report.ok else 1
 

@@ -6,6 +6,10 @@
 - L3: no account but a provider's clearing account is below zero.
 - L6: an escrow is resolved at most once (money leaves it in one transaction at most).
 
+Beside the invariants it lists what an operator must look at (``attention``): refunds the
+provider refused or that keep failing, and verified callbacks for orders that are not
+ours (quarantined). They are not violations — the money is still where the ledger says.
+
 It reads every transaction, balance and entry through Queries (the ``by_owner`` lists
 and each account's partition), never a Scan: an operator command, whose cost grows with
 the ledger, not a request path.
@@ -35,6 +39,7 @@ class LedgerReport:
     accounts: int = 0
     entries: int = 0
     violations: list[str] = field(default_factory=list)
+    attention: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -47,6 +52,7 @@ class LedgerReport:
             "accounts": self.accounts,
             "entries": self.entries,
             "violations": self.violations,
+            "attention": self.attention,
         }
 
 
@@ -87,4 +93,22 @@ def check_ledger() -> LedgerReport:
         for account, count in sorted(escrow_releases.items())
         if count > 1
     ]
+    report.attention = _attention()
     return report
+
+
+def _attention() -> list[str]:
+    """Refunds needing an operator, and quarantined callbacks (Queries on sparse lists)."""
+    from chalicelib.models.ledger import QuarantinedEvent
+    from chalicelib.payments.callbacks import QUARANTINE_LIST
+    from chalicelib.payments.refunds import needing_attention
+
+    notes = [
+        f"refund {refund.refund_no} ({refund.status}, {int(refund.attempts)} tries): {refund.last_error or '-'}"
+        for refund in needing_attention()
+    ]
+    notes += [
+        f"callback {item.event_id} on {item.channel} for unknown {item.merchant_ref}: quarantined"
+        for item in QuarantinedEvent.by_owner.query(QUARANTINE_LIST, limit=100)
+    ]
+    return notes

@@ -11,9 +11,10 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import requests
@@ -49,11 +50,11 @@ class Stack:
         )
 
 
-def start_stack(tmp: Path, *extra: str, speedup: str = "60") -> Stack:
-    """Start the launcher; return once ``GET /health`` answers 200."""
+def start_stack(tmp: Path, *extra: str, speedup: str = "60", settings: dict[str, str] | None = None) -> Stack:
+    """Start the launcher (with ``settings`` as extra environment); return once ``GET /health`` answers 200."""
     api_port, ddb_port = free_port(), free_port()
     log_path = tmp / "stack.log"
-    env = {**os.environ, "SCHEDULE_SPEEDUP": speedup, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "SCHEDULE_SPEEDUP": speedup, "PYTHONUNBUFFERED": "1", **(settings or {})}
     argv = [sys.executable, "-m", "devstack.stack", "--ddb-port", str(ddb_port), "run", "--api-port", str(api_port)]
     argv += ["--state-dir", str(tmp / "pump"), *extra]
     with log_path.open("w") as log:
@@ -94,3 +95,53 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 @pytest.fixture(scope="session")
 def api(stack: Stack) -> str:
     return stack.base_url
+
+
+ERROR_KEYS = {"code", "message", "message_zh", "details", "request_id"}
+ADMIN_PASSWORD = "admin-pass-e2e-1"
+
+
+def phone_number() -> str:
+    return f"139{uuid.uuid4().int % 10**8:08d}"
+
+
+@dataclass
+class Caller:
+    """Calls the API as one user; checks the status, the request id and, on errors, the error shape."""
+
+    api: str
+    token: str | None = None
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        status: int,
+        body: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
+        code: str | None = None,
+    ) -> dict[str, Any]:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        response = requests.request(method, f"{self.api}{path}", json=body, params=params, headers=headers, timeout=30)
+        assert response.status_code == status, f"{method} {path}: {response.status_code} {response.text}"
+        request_id = response.headers.get("X-Request-Id")
+        assert request_id, f"{method} {path} has no X-Request-Id"
+        answer: dict[str, Any] = response.json() if response.content else {}
+        if status >= 400:
+            assert set(answer) == {"error"}, answer
+            assert set(answer["error"]) == ERROR_KEYS, answer
+            assert answer["error"]["request_id"] == request_id
+            assert isinstance(answer["error"]["details"], dict)
+            if code is not None:
+                assert answer["error"]["code"] == code, answer
+        return answer
+
+
+def make_admin(stack: Stack, phone: str) -> None:
+    """The operator command, against the stack's DynamoDB Local."""
+    command = [sys.executable, "-m", "devstack.stack", "--ddb-port", str(stack.ddb_port)]
+    command += ["admin", "--phone", phone, "--name", "Ops"]
+    env = {**os.environ, "ADMIN_PASSWORD": ADMIN_PASSWORD}
+    result = subprocess.run(command, cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "created" in result.stdout

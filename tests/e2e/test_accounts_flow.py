@@ -13,74 +13,21 @@ whose stream counts ``test_service`` checks on the shared stack.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import uuid
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import pytest
-import requests
 
 from chalicelib.clock import shanghai_date, utc_now
-from tests.e2e.conftest import PROJECT_DIR, start_stack, stop_stack
+from tests.e2e.conftest import ADMIN_PASSWORD, Caller, make_admin, phone_number, start_stack, stop_stack
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from tests.e2e.conftest import Stack
 
-ERROR_KEYS = {"code", "message", "message_zh", "details", "request_id"}
 XIEHE = "\u5317\u4eac\u534f\u548c\u533b\u9662"  # 北京协和医院
-ADMIN_PASSWORD = "admin-pass-e2e-1"
-
-
-def _phone() -> str:
-    return f"139{uuid.uuid4().int % 10**8:08d}"
-
-
-@dataclass
-class Caller:
-    """Calls the API as one user; checks the status, the request id and, on errors, the error shape."""
-
-    api: str
-    token: str | None = None
-
-    def call(
-        self,
-        method: str,
-        path: str,
-        status: int,
-        body: dict[str, Any] | None = None,
-        params: dict[str, Any] | None = None,
-        code: str | None = None,
-    ) -> dict[str, Any]:
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        response = requests.request(method, f"{self.api}{path}", json=body, params=params, headers=headers, timeout=30)
-        assert response.status_code == status, f"{method} {path}: {response.status_code} {response.text}"
-        request_id = response.headers.get("X-Request-Id")
-        assert request_id, f"{method} {path} has no X-Request-Id"
-        answer: dict[str, Any] = response.json()
-        if status >= 400:
-            assert set(answer) == {"error"}, answer
-            assert set(answer["error"]) == ERROR_KEYS, answer
-            assert answer["error"]["request_id"] == request_id
-            assert isinstance(answer["error"]["details"], dict)
-            if code is not None:
-                assert answer["error"]["code"] == code, answer
-        return answer
-
-
-def _make_admin(stack: Stack, phone: str) -> None:
-    """The operator command, against the stack's DynamoDB Local."""
-    command = [sys.executable, "-m", "devstack.stack", "--ddb-port", str(stack.ddb_port)]
-    command += ["admin", "--phone", phone, "--name", "Ops"]
-    env = {**os.environ, "ADMIN_PASSWORD": ADMIN_PASSWORD}
-    result = subprocess.run(command, cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=60, check=False)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "created" in result.stdout
 
 
 def _find(items: list[dict[str, Any]], key: str, value: str) -> dict[str, Any] | None:
@@ -124,7 +71,7 @@ def test_doctor_patient_hospital_and_admin_flow(own_stack: Stack) -> None:
     xiehe = _find(found["items"], "name", XIEHE)
     assert xiehe is not None, found
     hospital_id = xiehe["hospital_id"]
-    doctor_phone = _phone()
+    doctor_phone = phone_number()
     profile = {
         "name": "Wang Lei",
         "phone": doctor_phone,
@@ -159,14 +106,14 @@ def test_doctor_patient_hospital_and_admin_flow(own_stack: Stack) -> None:
     assert submitted["status"] == "pending"
 
     # --- an operator makes an admin, who signs in --------------------------------------------------
-    admin_phone = _phone()
-    _make_admin(stack, admin_phone)
+    admin_phone = phone_number()
+    make_admin(stack, admin_phone)
     admin_session = anonymous.call("POST", "/v1/auth/login", 200, {"phone": admin_phone, "password": ADMIN_PASSWORD})
     assert admin_session["role"] == "admin"
     admin = Caller(api, admin_session["access_token"])
 
     # a patient signs up by phone; before approval the doctor is nowhere to be seen
-    patient_phone = _phone()
+    patient_phone = phone_number()
     patient_session = anonymous.call(
         "POST", "/v1/auth/register", 201, {"phone": patient_phone, "password": "patient-pass-1", "role": "patient"}
     )
@@ -213,11 +160,11 @@ def test_doctor_patient_hospital_and_admin_flow(own_stack: Stack) -> None:
 
     # --- a hospital account signs up and sets its profile ------------------------------------------
     hospital_session = anonymous.call(
-        "POST", "/v1/auth/register", 201, {"phone": _phone(), "password": "hospital-pass-1", "role": "hospital"}
+        "POST", "/v1/auth/register", 201, {"phone": phone_number(), "password": "hospital-pass-1", "role": "hospital"}
     )
     hospital = Caller(api, hospital_session["access_token"])
     hospital_user_id = hospital_session["user_id"]
-    hospital_profile = {"hospital_id": hospital_id, "contact_name": "Zhang Min", "contact_phone": _phone()}
+    hospital_profile = {"hospital_id": hospital_id, "contact_name": "Zhang Min", "contact_phone": phone_number()}
     assert hospital.call("PATCH", "/v1/me", 200, hospital_profile)["hospital"]["hospital_id"] == hospital_id
 
     # without a membership it is refused the catalogue
