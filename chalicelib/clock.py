@@ -25,6 +25,11 @@ def iso(instant: datetime) -> str:
     return instant.astimezone(UTC).isoformat(timespec="seconds")
 
 
+def iso_precise(instant: datetime) -> str:
+    """ISO 8601 in UTC to the microsecond: a sort key that keeps the order of events within a second."""
+    return instant.astimezone(UTC).isoformat(timespec="microseconds")
+
+
 def shanghai_date(instant: datetime) -> date:
     """The Asia/Shanghai calendar date of ``instant``."""
     return instant.astimezone(SHANGHAI).date()

@@ -91,8 +91,8 @@ def authorize(roles: frozenset[str], authorization: str | None, now: datetime) -
         raise ApiError(
             403,
             "membership_required",
-            "A VIP membership is required to see every anesthesiologist",
-            "需要开通 VIP 会员才能查看全部麻醉医生",
+            "A VIP membership is required to see and invite every anesthesiologist",
+            "需要开通 VIP 会员才能查看和邀请全部麻醉医生",
         )
     raise ApiError(403, "forbidden", "Your role may not do this", "您的角色无权执行此操作", {"role": principal.role})
 

@@ -60,7 +60,8 @@ def sandbox_pay(order_id: str) -> dict[str, Any]:
         raise ApiError(404, "route_not_found", "No such route", "请求的路径不存在")
     from chalicelib.payments import orders, sandbox
 
-    instruction = parse(bp.current_request.json_body or {}, sandbox.PayInstruction)
+    request = bp.current_request
+    instruction = parse(request.json_body if request.raw_body else {}, sandbox.PayInstruction)
     return sandbox.pay(path_id(order_id, orders.NOT_FOUND), instruction, utc_now())
 
 

@@ -16,7 +16,7 @@ import secrets
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from chalicelib.clock import iso
+from chalicelib.clock import iso, iso_precise
 from chalicelib.config import get_settings
 from chalicelib.errors import ApiError
 from chalicelib.invitations import engine
@@ -60,7 +60,7 @@ def post(principal: Principal, invitation_id: str, text: str, now: datetime) -> 
     if closes_at is not None and now > closes_at:
         raise ApiError(409, "chat_closed", "This chat has closed", "该会话已关闭", {"closed_at": iso(closes_at)})
     message_id = secrets.token_hex(8)
-    message = Message(f"INVITATION#{invitation_id}", f"MESSAGE#{iso(now)}#{message_id}")
+    message = Message(f"INVITATION#{invitation_id}", f"MESSAGE#{iso_precise(now)}#{message_id}")
     message.message_id, message.invitation_id, message.text = message_id, invitation_id, text
     message.sender_id, message.sender_side, message.created_at = principal.user_id, side, iso(now)
     other = invitation.doctor_id if side == REQUESTER else invitation.requester_id

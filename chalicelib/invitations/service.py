@@ -23,7 +23,7 @@ import msgspec
 from pynamodb.exceptions import DoesNotExist, PutError
 
 from chalicelib.accounts.roles import ADMIN, DOCTOR, HOSPITAL
-from chalicelib.clock import SHANGHAI, iso, shanghai_date
+from chalicelib.clock import SHANGHAI, iso, iso_precise, shanghai_date
 from chalicelib.config import get_settings
 from chalicelib.doctors.calendar import HORIZON_DAYS
 from chalicelib.errors import ApiError
@@ -71,6 +71,20 @@ def _invited_doctor(doctor_id: str) -> Account:
     if doctor.role != DOCTOR or doctor.verification_status != "verified":
         raise DOCTOR_NOT_FOUND
     return doctor
+
+
+def _own_hospital(principal: Principal, hospital_id: str) -> None:
+    """A hospital account invites for operations at its own institution."""
+    from chalicelib.accounts.profiles import load_account
+
+    if load_account(principal.user_id).hospital_id != hospital_id:
+        raise ApiError(
+            422,
+            "not_your_hospital",
+            "A hospital account invites for operations at its own hospital",
+            "医院账号只能为本院的手术发出邀请",
+            {"field": "hospital_id"},
+        )
 
 
 def _scheduled_at(request: InvitationRequest, now: datetime) -> datetime:
@@ -136,7 +150,9 @@ def create(principal: Principal, request: InvitationRequest, now: datetime) -> t
 
     doctor = _invited_doctor(request.doctor_id)
     hospital = require_hospital(request.hospital_id)
-    if principal.role != HOSPITAL and doctor.hospital_id != request.hospital_id:
+    if principal.role == HOSPITAL:
+        _own_hospital(principal, request.hospital_id)
+    elif doctor.hospital_id != request.hospital_id:
         raise ApiError(
             422,
             "doctor_not_at_hospital",
@@ -169,11 +185,8 @@ def create(principal: Principal, request: InvitationRequest, now: datetime) -> t
     invitation.operation = msgspec.to_builtins(request.operation) if request.operation else None
     invitation.clinical_cipher = _clinical(request)
     invitation.fee_fen, invitation.currency = int(fee), "CNY"
-    invitation.requester_key, invitation.created_at, invitation.updated_at = (
-        f"REQUESTER#{principal.user_id}",
-        iso(now),
-        iso(now),
-    )
+    invitation.requester_key, invitation.updated_at = f"REQUESTER#{principal.user_id}", iso(now)
+    invitation.created_at = iso_precise(now)  # the lists' sort key: invitations of one second stay in order
     invitation.history = [engine.change(now, "create", AWAITING_PAYMENT, REQUESTER, principal.user_id)]
     try:
         invitation.save(condition=Invitation.pk.does_not_exist())
@@ -225,17 +238,15 @@ def summary_item(invitation: Invitation) -> dict[str, Any]:
 def view(invitation: Invitation, principal: Principal, *, doctor_name: str | None = None) -> dict[str, Any]:
     """One invitation as the caller may see it: history and deadlines for all sides; the clinical
     summary for the requester and the doctor; the requester's identity for the doctor only once accepted."""
+    from chalicelib.payments import orders
+
     side = side_of(invitation, principal)
     body = summary_item(invitation)
     body.update(
         scheduled_at=invitation.scheduled_at,
         operation=invitation.operation.as_dict() if invitation.operation else None,
         payment_order_id=invitation.payment_order_id,
-        payment_due_at=iso(
-            datetime.fromisoformat(invitation.created_at) + timedelta(minutes=get_settings().payment_window_minutes)
-        )
-        if invitation.status == AWAITING_PAYMENT
-        else None,
+        payment_due_at=iso(orders.payment_window_end(invitation)) if invitation.status == AWAITING_PAYMENT else None,
         response_deadline=invitation.response_deadline,
         accepted_at=invitation.accepted_at,
         completed_at=invitation.completed_at,
@@ -411,7 +422,7 @@ def _refund_after(
         ],
         batch=batch,
     )
-    refunds.request(number, now)
+    refunds.send_now(number, now)
     return engine.load(updated.invitation_id)
 
 

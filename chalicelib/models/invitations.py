@@ -1,7 +1,7 @@
 """The Invitations table: invitations and consultations with everything that hangs off them.
 
 Keys (``pk``/``sk``): ``INVITATION#<id>`` holds the invitation (``META``), its chat
-messages (``MESSAGE#<time>#<id>``), its outbox of notices (``NOTICE#<time>#<event>#<user>``),
+messages (``MESSAGE#<time>#<id>``), its outbox of notices (``NOTICE#<time>#<event>#<user>#<nonce>``),
 review and complaints; ``CALENDAR#<doctor>`` /
 ``<date>`` is a doctor's day: working or not, the capacity offered for invitations and
 consultations, and how much of it is booked.
@@ -168,7 +168,7 @@ class Message(InvitationsTable, discriminator="message"):
 
 
 class Notice(InvitationsTable, discriminator="notice"):
-    """An outbox entry: ``INVITATION#<id>`` / ``NOTICE#<time>#<event>#<user>``.
+    """An outbox entry: ``INVITATION#<id>`` / ``NOTICE#<time>#<event>#<user>#<nonce>``.
 
     Written in the same transaction as the change it announces; the Invitations stream
     consumer sends it through the ``Notifier`` and records ``sent_at``. It names the event

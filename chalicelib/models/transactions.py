@@ -34,6 +34,18 @@ CONDITION_FAILED = "ConditionalCheckFailed"
 CONFLICT = "TransactionConflict"
 RETRYABLE = frozenset({CONFLICT, "ThrottlingError", "ProvisionedThroughputExceeded", "RequestLimitExceeded"})
 """Reasons a retry can clear: a concurrent transaction, or throttling."""
+RETRYABLE_FAILURES = frozenset(
+    {
+        None,  # no answer at all (connection lost, timeout): the outcome is unknown, a retry is safe
+        "ThrottlingException",
+        "ProvisionedThroughputExceededException",
+        "RequestLimitExceeded",
+        "InternalServerError",
+        "TransactionInProgressException",
+    }
+)
+"""Whole-call failures (after botocore's own retries) that a later retry can clear: every write is
+conditional, so repeating one that did commit changes nothing."""
 
 
 def cancellation_codes(error: TransactWriteError, actions: int = 0) -> list[str | None]:
@@ -107,4 +119,6 @@ class Batch:
             conflicted = [name for name, code in zip(self.names, codes, strict=False) if code in RETRYABLE]
             if failed or conflicted:
                 raise TransactionCancelledError(failed, conflicted) from error
+            if not error.cancellation_reasons and error.cause_response_code in RETRYABLE_FAILURES:
+                raise TransactionCancelledError([], ["(whole transaction)"]) from error
             raise

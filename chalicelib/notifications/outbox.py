@@ -11,9 +11,10 @@ Example
 
 from __future__ import annotations
 
+from secrets import token_hex
 from typing import TYPE_CHECKING
 
-from chalicelib.clock import iso
+from chalicelib.clock import iso, iso_precise
 from chalicelib.models.invitations import Notice
 
 if TYPE_CHECKING:
@@ -41,6 +42,6 @@ def add_notice(batch: Batch, *, invitation_id: str, event: str, recipient_id: st
     if event not in EVENTS:
         raise ValueError(f"unknown notice event {event!r}")
     at = iso(now)
-    notice = Notice(f"INVITATION#{invitation_id}", f"NOTICE#{at}#{event}#{recipient_id}")
+    notice = Notice(f"INVITATION#{invitation_id}", f"NOTICE#{iso_precise(now)}#{event}#{recipient_id}#{token_hex(4)}")
     notice.event, notice.invitation_id, notice.recipient_id, notice.created_at = event, invitation_id, recipient_id, at
     batch.put(f"notice:{event}:{recipient_id}", notice, condition=Notice.pk.does_not_exist())

@@ -66,6 +66,8 @@ def handle(channel: str, headers: Mapping[str, str], body: bytes, now: datetime)
         if rejected.reason == "decryption_failed":  # our key or theirs changed: retry later, and alert
             logger.error("callback does not decrypt with our key", extra={"channel": channel})
             return _fail(500, "解密失败")
+        if rejected.reason in ("malformed_body", "unsupported_algorithm"):
+            return _fail(400, "报文格式错误")
         return _fail(401, "签名验证失败")
     except MalformedEventError as error:
         logger.error("verified callback without the fields it needs", extra={"channel": channel, "error": str(error)})

@@ -68,7 +68,9 @@ def get(order_id: str) -> PaymentOrder | None:
 
 
 def payment_window_end(invitation: Invitation) -> datetime:
-    return datetime.fromisoformat(invitation.created_at) + timedelta(minutes=get_settings().payment_window_minutes)
+    """When the time to pay ends (to the second, as shown)."""
+    created = datetime.fromisoformat(invitation.created_at).replace(microsecond=0)
+    return created + timedelta(minutes=get_settings().payment_window_minutes)
 
 
 def view(order: PaymentOrder, viewer: Principal) -> dict[str, Any]:

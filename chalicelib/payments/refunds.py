@@ -108,6 +108,17 @@ def request(refund_no: str, now: datetime) -> RefundOrder | None:
     return get(refund_no)
 
 
+def send_now(refund_no: str, now: datetime) -> None:
+    """Send a refund just ordered, without failing the change that ordered it (already committed).
+
+    Whatever goes wrong here, the order is stored and due: the follow-up job sends it again.
+    """
+    try:
+        request(refund_no, now)
+    except Exception:  # the transition committed; the job retries the refund
+        logger.exception("refund not sent now; the follow-up job will", extra={"refund_no": refund_no})
+
+
 def follow_up(refund: RefundOrder, now: datetime) -> None:
     """One step of the follow-up job: send a requested refund, or query a processing one."""
     from chalicelib.payments.provider import ProviderError

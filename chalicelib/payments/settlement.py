@@ -30,7 +30,7 @@ from chalicelib.ledger import accounts
 from chalicelib.ledger.journal import Posting
 from chalicelib.models.invitations import Invitation
 from chalicelib.models.ledger import PaymentOrder, ProviderSeen
-from chalicelib.models.transactions import Batch, TransactionCancelledError
+from chalicelib.models.transactions import Batch
 from chalicelib.notifications.outbox import add_notice
 from chalicelib.observability import logger
 from chalicelib.payments import orders, refunds
@@ -146,24 +146,22 @@ def _paid(order: PaymentOrder, outcome: Outcome, now: datetime, event_id: str | 
             [Invitation.channel.set(order.channel), Invitation.refund_order_id.set(refund_no)],
         )
     else:
+        if invitation.payment_order_id == order.order_id and invitation.channel:
+            return "duplicate"  # another copy applied this payment since we read the order
         logger.error("payment for an invitation that cannot take it", extra={"order_id": order.order_id})
         return "ignored"
     try:
         engine.fire(
             invitation, name, actor=SYSTEM, actor_id=None, now=now, actions=actions, batch=batch, posting=posting
         )
-    except TransactionCancelledError as cancelled:
-        if {"seen:event", "seen:txn", "order"} & set(cancelled.failed):
-            return "duplicate"
-        raise
-    except ApiError:
+    except ApiError:  # the transaction was cancelled: a repeat (seen, or the order moved) or a race
         latest = orders.get(order.order_id)
         if latest is not None and latest.status == "succeeded":
             return "duplicate"
         raise
     if refund_no is not None:
         logger.warning("payment after closing: refunding", extra={"order_id": order.order_id, "refund_no": refund_no})
-        refunds.request(refund_no, now)
+        refunds.send_now(refund_no, now)
     return "applied"
 
 

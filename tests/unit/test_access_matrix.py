@@ -11,7 +11,10 @@ may not call a route gets 401 ``unauthorized`` (anon) or 403 ``forbidden`` (a ho
 without membership on a VIP route: 403 ``membership_required``).
 
 The world (accounts, hospitals) is built once for the module; every cell's request is
-chosen so that it does not change what another cell sees.
+chosen so that it does not change what another cell sees. Invitations and payment orders
+are not part of it: their routes get ids that name nothing (``FIXED_PARAMS``), so an
+admitted caller gets the 404 their ownership check gives any id that is not theirs. The
+table checks the role gate; who sees which invitation is the flows' to test.
 """
 
 from __future__ import annotations
@@ -40,8 +43,16 @@ if TYPE_CHECKING:
 ACTORS = ("anon", "patient", "doctor", "hospital", "vip_hospital", "admin")
 ANYONE = frozenset({ANON})
 SIGNED_IN = frozenset({PATIENT, DOCTOR, HOSPITAL, ADMIN})
+REQUESTERS = frozenset({PATIENT, VIP_HOSPITAL})
+"""Who may invite: patients, and hospitals with an active membership."""
+OWN_REQUESTERS = frozenset({PATIENT, HOSPITAL})
+"""Who may act on invitations they made (a hospital whose membership ended still may)."""
+PARTIES = frozenset({PATIENT, DOCTOR, HOSPITAL})
+"""Who takes part in invitations: their requesters and their doctors."""
+NO_INVITATION = "matrix-no-such-invitation"
 OBJECT_PARAMS = ("hospital_id", "doctor_id", "user_id", "hospital_user_id")
-"""Path parameters that name an object someone may own; other parameters (``{kind}``) do not."""
+"""Path parameters that name an object someone may own, tried with the caller's own and another's;
+the others (``{kind}``, and ids of objects the world has none of) take a value of ``FIXED_PARAMS``."""
 
 
 @dataclass
@@ -83,6 +94,17 @@ def _credentials(world: World, caller: str) -> dict[str, str]:
 
 def _own_fields(world: World, caller: str) -> dict[str, str]:
     return {"contact_name": "Matrix"} if caller in ("hospital", "vip_hospital") else {"name": "Matrix"}
+
+
+def _invitation_request(world: World, caller: str) -> dict[str, str]:
+    """A valid request to a doctor who does not exist: 404 ``doctor_not_found``, nothing is created."""
+    return {
+        "kind": "consultation",
+        "doctor_id": "matrix-no-such-doctor",
+        "hospital_id": world.other_hospital,
+        "date": _tomorrow(),
+        "time": "10:00",
+    }
 
 
 EXPECTED: dict[tuple[str, str], Row] = {
@@ -143,9 +165,36 @@ EXPECTED: dict[tuple[str, str], Row] = {
         cells={"admin/own": 404, "admin/other": 200},
     ),
     ("GET", "/v1/admin/ledger/check"): Row(frozenset({ADMIN}), ok=200),
+    # invitations: the ids name nothing, so whoever passes the role gate gets 404 invitation_not_found
+    ("POST", "/v1/invitations"): Row(REQUESTERS, ok=404, body=_invitation_request),
+    ("GET", "/v1/invitations"): Row(PARTIES, ok=200),
+    ("GET", "/v1/invitations/{invitation_id}"): Row(SIGNED_IN, ok=404),
+    ("POST", "/v1/invitations/{invitation_id}/accept"): Row(frozenset({DOCTOR}), ok=404),
+    ("POST", "/v1/invitations/{invitation_id}/decline"): Row(frozenset({DOCTOR}), ok=404, body={"reason": "matrix"}),
+    ("POST", "/v1/invitations/{invitation_id}/cancel"): Row(OWN_REQUESTERS, ok=404, body={"reason": "matrix"}),
+    ("GET", "/v1/invitations/{invitation_id}/refund-preview"): Row(OWN_REQUESTERS, ok=404),
+    ("POST", "/v1/invitations/{invitation_id}/complete"): Row(frozenset({DOCTOR}), ok=404),
+    ("POST", "/v1/invitations/{invitation_id}/confirm"): Row(OWN_REQUESTERS, ok=404),
+    ("GET", "/v1/invitations/{invitation_id}/messages"): Row(PARTIES | {ADMIN}, ok=404),
+    ("POST", "/v1/invitations/{invitation_id}/messages"): Row(PARTIES, ok=404, body={"text": "matrix"}),
+    # money: an order for an invitation that does not exist is 404 invitation_not_found
+    ("POST", "/v1/payments"): Row(
+        OWN_REQUESTERS, ok=404, body={"purpose": "invitation", "reference": NO_INVITATION, "channel": "sandbox"}
+    ),
+    ("GET", "/v1/payments/{order_id}"): Row(SIGNED_IN, ok=404),
+    ("GET", "/v1/me/wallet"): Row(frozenset({DOCTOR}), ok=200),
+    # anonymous: a provider this stage takes no callbacks from (404 provider_not_found: the sandbox's own
+    # answer to an unsigned request is a 401 of WeChat's format); the sandbox has no such order
+    ("POST", "/v1/payments/callbacks/{provider}"): Row(ANYONE, ok=404),
+    ("POST", "/v1/sandbox/orders/{order_id}/pay"): Row(ANYONE, ok=404, body={}),
 }
 
-FIXED_PARAMS = {"kind": "patient-entry"}
+FIXED_PARAMS = {
+    "kind": "patient-entry",
+    "invitation_id": NO_INVITATION,
+    "order_id": "PImatrix-no-such-order",
+    "provider": "matrix",
+}
 
 
 def _object_param(path: str) -> str | None:

@@ -245,4 +245,4 @@ def test_the_admin_route_reports_the_audit(client: Client) -> None:
 
     body = actors.expect(actors.call(client, "GET", "/v1/admin/ledger/check", admin), 200)
 
-    assert body == {"ok": True, "transactions": 1, "accounts": 2, "entries": 2, "violations": []}
+    assert body == {"ok": True, "transactions": 1, "accounts": 2, "entries": 2, "violations": [], "attention": []}

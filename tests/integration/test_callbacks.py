@@ -1,0 +1,509 @@
+"""Provider callbacks over HTTP on the real engine: repeats, races, forgeries, strays and late payments.
+
+Callbacks are signed as WeChat Pay v3 signs them (headers, SHA256withRSA over
+``timestamp\\nnonce\\nbody\\n``, AES-256-GCM resource) by a fake provider that verifies
+them with the production verifier, and posted as raw bytes to
+``POST /v1/payments/callbacks/sandbox``.
+
+Concurrent deliveries call ``callbacks.handle`` (what the route calls, with the same raw
+bytes and headers) from threads: ``chalice.test.Client`` keeps the current request on the
+shared app object, so it cannot serve two requests at once; every retry goes over HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from chalicelib.clock import utc_now
+from chalicelib.invitations import deadlines, service
+from chalicelib.ledger.audit import check_ledger
+from chalicelib.models.ledger import PaymentOrder, ProviderSeen, QuarantinedEvent
+from chalicelib.payments import callbacks, orders, settlement
+from chalicelib.payments.settlement import seen_key
+from tests.integration.flow_helpers import (
+    FEE_FEN,
+    Balances,
+    FakeProvider,
+    api_errors,
+    drain_jobs,
+    exists,
+    expect_moved,
+    installed,
+    invitation,
+    invite,
+    later,
+    make_admin,
+    make_people,
+    open_order,
+    order,
+    paid_invitation,
+    post_callback,
+    postings_of,
+    race,
+    refund_order,
+    transitions,
+)
+from tests.integration.flow_helpers import api_client as make_api_client
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    from chalicelib.accounts.roles import Principal
+    from tests.integration.flow_helpers import Callback, People
+
+COPIES = 5
+
+
+@pytest.fixture(scope="module")
+def admin(tables: list[str]) -> Principal:
+    return make_admin(utc_now())
+
+
+@pytest.fixture
+def provider() -> Iterator[FakeProvider]:
+    with installed(FakeProvider()) as fake:
+        yield fake
+
+
+@pytest.fixture
+def people(admin: Principal, provider: FakeProvider) -> People:
+    return make_people(admin)
+
+
+@pytest.fixture(scope="module")
+def api(tables: list[str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    with make_api_client(tmp_path_factory.mktemp("chalice")) as client:
+        yield client
+
+
+@pytest.fixture
+def unpaid(people: People) -> tuple[str, str, Balances]:
+    """An invitation with its payment order opened, not paid: (invitation id, order id, balances)."""
+    invitation_id = invite(people)
+    balances = Balances(invitation_id, people.doctor.user_id)
+    return invitation_id, open_order(people, invitation_id), balances
+
+
+def assert_ledger_ok() -> None:
+    report = check_ledger()
+    assert report.ok, report.violations
+
+
+def assert_paid_once(invitation_id: str, order_id: str, balances: Balances, transaction_id: str) -> None:
+    assert transitions(invitation_id) == ["create", "pay"]
+    assert invitation(invitation_id).status == "pending_response"
+    assert set(postings_of(invitation_id)) == {f"pay:{order_id}"}
+    paid = order(order_id)
+    assert (paid.status, paid.provider_ref) == ("succeeded", transaction_id)
+    expect_moved(balances, escrow=FEE_FEN, clearing=-FEE_FEN)
+    assert exists(ProviderSeen, seen_key("sandbox", "txn", transaction_id), "SEEN")
+    assert_ledger_ok()
+
+
+def assert_untouched(invitation_id: str, order_id: str, balances: Balances) -> None:
+    assert transitions(invitation_id) == ["create"]
+    assert invitation(invitation_id).status == "awaiting_payment"
+    assert order(order_id).status == "pending"
+    assert postings_of(invitation_id) == {}
+    expect_moved(balances)
+
+
+# --- repeats ------------------------------------------------------------------------------------
+
+
+def test_the_same_callback_five_times_in_a_row_is_applied_once(
+    api: Any, provider: FakeProvider, unpaid: tuple[str, str, Balances]
+) -> None:
+    # GIVEN one signed TRANSACTION.SUCCESS callback for the order
+    invitation_id, order_id, balances = unpaid
+    transaction_id = f"4200{uuid.uuid4().int % 10**24:024d}"
+    callback = provider.payment_callback(order_id, FEE_FEN, transaction_id=transaction_id)
+
+    # WHEN the provider delivers it five times
+    replies = [post_callback(api, callback) for _ in range(COPIES)]
+
+    # THEN each delivery is acknowledged as WeChat expects (204, no body)
+    assert [(reply.status_code, reply.body) for reply in replies] == [(204, b"")] * COPIES
+    # AND the payment was applied once
+    assert_paid_once(invitation_id, order_id, balances, transaction_id)
+
+
+def _deliver_together(callback: Callback) -> list[Any]:
+    """``COPIES`` deliveries of ``callback`` at once, each handled as the route handles it."""
+    return race(COPIES, lambda _: callbacks.handle("sandbox", callback.headers, callback.body, utc_now()))
+
+
+def _retry_refused(api: Any, callback: Callback, replies: list[Any]) -> None:
+    """A delivery refused with 409 is retried later by the provider: it must be acknowledged then."""
+    for reply in replies:
+        assert not isinstance(reply, Exception), reply
+        assert reply.status in (204, 409), reply
+        if reply.status == 409:
+            assert post_callback(api, callback).status_code == 204
+
+
+def test_the_same_callback_five_times_at_once_is_applied_once(
+    api: Any, provider: FakeProvider, unpaid: tuple[str, str, Balances]
+) -> None:
+    # GIVEN one signed callback
+    invitation_id, order_id, balances = unpaid
+    transaction_id = f"4200{uuid.uuid4().int % 10**24:024d}"
+    callback = provider.payment_callback(order_id, FEE_FEN, transaction_id=transaction_id)
+
+    # WHEN five copies arrive at the same moment
+    replies = _deliver_together(callback)
+
+    # THEN each is acknowledged (a loser may be told to retry, and is acknowledged on retry)
+    assert [reply.status for reply in replies].count(204) >= 1, replies
+    _retry_refused(api, callback, replies)
+    # AND the payment was applied once
+    assert_paid_once(invitation_id, order_id, balances, transaction_id)
+
+
+def test_five_copies_that_all_read_the_order_as_pending_apply_it_once(
+    api: Any, provider: FakeProvider, unpaid: tuple[str, str, Balances], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN one signed callback, and five deliveries that each read the order as pending
+    # before any of them writes
+    invitation_id, order_id, balances = unpaid
+    transaction_id = f"4200{uuid.uuid4().int % 10**24:024d}"
+    callback = provider.payment_callback(order_id, FEE_FEN, transaction_id=transaction_id)
+    all_read = threading.Barrier(COPIES)
+    seen = threading.local()
+    read = orders.get
+
+    def read_then_wait(wanted: str) -> PaymentOrder | None:
+        found = read(wanted)
+        if wanted == order_id and not getattr(seen, "read", False):
+            seen.read = True
+            all_read.wait(timeout=30)
+        return found
+
+    monkeypatch.setattr(orders, "get", read_then_wait)
+
+    # WHEN they are all handled
+    replies = _deliver_together(callback)
+    monkeypatch.undo()
+
+    # THEN every one is acknowledged or told to retry, and the payment was applied once
+    _retry_refused(api, callback, replies)
+    assert_paid_once(invitation_id, order_id, balances, transaction_id)
+
+
+def _redeliver_until_acknowledged(api: Any, callback: Callback) -> None:
+    replies = [post_callback(api, callback) for _ in range(3)]
+    assert replies[-1].status_code == 204, [(reply.status_code, reply.body) for reply in replies]
+
+
+def test_a_callback_and_the_follow_up_query_reporting_one_payment_apply_it_once(
+    api: Any, provider: FakeProvider, unpaid: tuple[str, str, Balances]
+) -> None:
+    # GIVEN a payment the provider has taken; its callback and the follow-up job's query both report it
+    invitation_id, order_id, balances = unpaid
+    transaction_id = f"4200{uuid.uuid4().int % 10**24:024d}"
+    provider.mark_paid(order_id, FEE_FEN, transaction_id)
+    callback = provider.payment_callback(order_id, FEE_FEN, transaction_id=transaction_id)
+    now = utc_now()
+
+    # WHEN callbacks and job steps run at the same moment
+    def act(index: int) -> Any:
+        if index % 2:
+            return orders.follow_up(order(order_id), now)
+        return callbacks.handle("sandbox", callback.headers, callback.body, utc_now())
+
+    outcomes = race(6, act)
+
+    # THEN each either applied it, found it applied, or met the race (409, to be retried);
+    api_errors(outcomes)
+    for outcome in outcomes:
+        if isinstance(outcome, str):
+            assert outcome in ("applied", "duplicate"), outcome
+        elif not isinstance(outcome, Exception):
+            assert outcome.status in (204, 409), outcome
+    _redeliver_until_acknowledged(api, callback)
+    # AND it was applied once
+    assert_paid_once(invitation_id, order_id, balances, transaction_id)
+
+
+def test_a_copy_that_read_the_order_before_the_payment_landed_is_a_duplicate(
+    provider: FakeProvider, unpaid: tuple[str, str, Balances], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a copy of the callback that read the order while it was pending
+    invitation_id, order_id, balances = unpaid
+    transaction_id = f"4200{uuid.uuid4().int % 10**24:024d}"
+    outcome = settlement.Outcome(order_id, "succeeded", transaction_id, FEE_FEN, "CNY")
+    before = orders.get(order_id)
+    event_id = str(uuid.uuid4())
+    # AND another copy applied the payment meanwhile
+    assert settlement.apply_payment(outcome, utc_now(), event_id=event_id) == "applied"
+    monkeypatch.setattr(orders, "get", lambda wanted: before if wanted == order_id else None)
+
+    # WHEN the first copy goes on
+    result = settlement.apply_payment(outcome, utc_now(), event_id=event_id)
+    monkeypatch.undo()
+
+    # THEN nothing more moved, and it is reported as the duplicate it is
+    assert_paid_once(invitation_id, order_id, balances, transaction_id)
+    assert result == "duplicate"
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_a_callback_racing_the_job_that_closes_the_order_is_either_applied_or_refunded_once(
+    api: Any, provider: FakeProvider, unpaid: tuple[str, str, Balances], round_: int
+) -> None:
+    # GIVEN an order at the end of its window; the job (its query says unpaid) closes it while the
+    # payment's callback arrives
+    invitation_id, order_id, balances = unpaid
+    transaction_id = f"4200{uuid.uuid4().int % 10**24:024d}"
+    callback = provider.payment_callback(order_id, FEE_FEN, transaction_id=transaction_id)
+    window_end = later(utc_now(), minutes=31)
+
+    def act(index: int) -> Any:
+        if index % 2:
+            return orders.follow_up(order(order_id), window_end)
+        return callbacks.handle("sandbox", callback.headers, callback.body, utc_now())
+
+    # WHEN they run together, and the provider redelivers what was not acknowledged
+    outcomes = race(4, act)
+    api_errors(outcomes)
+    _redeliver_until_acknowledged(api, callback)
+
+    # THEN the payment is in once; if the invitation closed first, it was refunded once
+    steps = transitions(invitation_id)
+    postings = set(postings_of(invitation_id))
+    if steps == ["create", "pay"]:
+        assert postings == {f"pay:{order_id}"}
+        expect_moved(balances, escrow=FEE_FEN, clearing=-FEE_FEN)
+    else:
+        assert steps == ["create", "lapse_unpaid", "pay_after_closing", "refund"], steps
+        assert postings == {f"pay:{order_id}", f"refund:RF{invitation_id}"}
+        expect_moved(balances)
+        assert len(provider.refunds_of(f"RF{invitation_id}")) == 1
+    assert order(order_id).status == "succeeded"
+    assert_ledger_ok()
+
+
+# --- forged or wrong callbacks ------------------------------------------------------------------
+
+
+def _stale(provider: FakeProvider, order_id: str) -> Callback:
+    return provider.payment_callback(order_id, FEE_FEN, timestamp=int(time.time()) - 400)
+
+
+def _future(provider: FakeProvider, order_id: str) -> Callback:
+    return provider.payment_callback(order_id, FEE_FEN, timestamp=int(time.time()) + 400)
+
+
+def _one_byte(provider: FakeProvider, order_id: str) -> Callback:
+    return provider.payment_callback(order_id, FEE_FEN).one_byte_changed()
+
+
+def _unknown_serial(provider: FakeProvider, order_id: str) -> Callback:
+    return provider.payment_callback(order_id, FEE_FEN).with_headers({"Wechatpay-Serial": "PUB_KEY_ID_0114232134912"})
+
+
+def _probe(provider: FakeProvider, order_id: str) -> Callback:
+    genuine = provider.payment_callback(order_id, FEE_FEN)
+    signature = genuine.headers["Wechatpay-Signature"]
+    return genuine.with_headers({"Wechatpay-Signature": f"WECHATPAY/SIGNTEST/{signature}"})
+
+
+def _unsigned(provider: FakeProvider, order_id: str) -> Callback:
+    return provider.payment_callback(order_id, FEE_FEN).with_headers({"Wechatpay-Signature": None})
+
+
+def _wrong_amount(provider: FakeProvider, order_id: str) -> Callback:
+    return provider.payment_callback(order_id, FEE_FEN - 1)
+
+
+def _wrong_currency(provider: FakeProvider, order_id: str) -> Callback:
+    return provider.payment_callback(order_id, FEE_FEN, currency="USD")
+
+
+@pytest.mark.parametrize(
+    "forge",
+    [_one_byte, _stale, _future, _unknown_serial, _probe, _unsigned, _wrong_amount, _wrong_currency],
+    ids=lambda forge: forge.__name__.strip("_"),
+)
+def test_a_forged_or_wrong_callback_is_refused_and_changes_nothing(
+    api: Any,
+    provider: FakeProvider,
+    unpaid: tuple[str, str, Balances],
+    forge: Callable[[FakeProvider, str], Callback],
+) -> None:
+    # GIVEN an order waiting for payment, and a callback that must not be believed
+    invitation_id, order_id, balances = unpaid
+    bad = forge(provider, order_id)
+
+    # WHEN it is posted (twice, as the provider would retry a refusal)
+    replies = [post_callback(api, bad) for _ in range(2)]
+
+    # THEN it is refused with a 4xx in WeChat's error shape, and nothing changed
+    for reply in replies:
+        assert 400 <= reply.status_code < 500, (reply.status_code, reply.body)
+        assert reply.json_body["code"] == "FAIL"
+    assert_untouched(invitation_id, order_id, balances)
+    assert not exists(ProviderSeen, seen_key("sandbox", "event", _event_id(bad)), "SEEN")
+    # AND the genuine callback that follows is applied
+    transaction_id = f"4200{uuid.uuid4().int % 10**24:024d}"
+    genuine = provider.payment_callback(order_id, FEE_FEN, transaction_id=transaction_id)
+    assert post_callback(api, genuine).status_code == 204
+    assert_paid_once(invitation_id, order_id, balances, transaction_id)
+
+
+def _event_id(callback: Callback) -> str:
+    return str(json.loads(callback.body)["id"])
+
+
+def test_a_callback_that_does_not_decrypt_asks_for_a_retry_and_changes_nothing(
+    api: Any, provider: FakeProvider, unpaid: tuple[str, str, Balances]
+) -> None:
+    # GIVEN a callback signed with our allow-listed key but encrypted with another APIv3 key
+    invitation_id, order_id, balances = unpaid
+    stranger = FakeProvider(serial=provider.serial)
+    callback = stranger.payment_callback(order_id, FEE_FEN)
+
+    reply = post_callback(api, callback)
+
+    # THEN it is not acknowledged (our key or theirs changed: an alert, and WeChat retries)
+    assert reply.status_code >= 400
+    assert reply.json_body["code"] == "FAIL"
+    assert_untouched(invitation_id, order_id, balances)
+
+
+# --- strays and stale states --------------------------------------------------------------------
+
+
+def test_a_callback_for_an_order_that_is_not_ours_is_acknowledged_and_quarantined(
+    api: Any, provider: FakeProvider
+) -> None:
+    # GIVEN a genuine callback for an order number we never issued
+    stray_order, event_id = f"PI{uuid.uuid4().hex[:26]}", str(uuid.uuid4())
+    callback = provider.payment_callback(stray_order, 12_300, event_id=event_id)
+
+    # WHEN it is delivered, twice
+    replies = [post_callback(api, callback) for _ in range(2)]
+
+    # THEN it is acknowledged (WeChat would retry for a day otherwise) and kept for an operator
+    assert [reply.status_code for reply in replies] == [204, 204]
+    stored = QuarantinedEvent.get(f"QUARANTINE#sandbox#{event_id}", "EVENT", consistent_read=True)
+    assert (stored.merchant_ref, stored.kind, stored.reason) == (stray_order, "payment_succeeded", "unknown_order")
+    assert not exists(PaymentOrder, f"ORDER#{stray_order}", "ORDER")
+    report = check_ledger()
+    assert report.ok, report.violations
+    assert any(event_id in note for note in report.attention), report.attention
+
+
+def test_a_closed_after_success_changes_nothing(
+    api: Any, provider: FakeProvider, unpaid: tuple[str, str, Balances]
+) -> None:
+    # GIVEN an order paid through its callback
+    invitation_id, order_id, balances = unpaid
+    transaction_id = f"4200{uuid.uuid4().int % 10**24:024d}"
+    paid = provider.payment_callback(order_id, FEE_FEN, transaction_id=transaction_id)
+    assert post_callback(api, paid).status_code == 204
+    assert order(order_id).status == "succeeded"
+
+    # WHEN a TRANSACTION.CLOSED for it arrives late
+    closed = provider.payment_callback(order_id, FEE_FEN, trade_state="CLOSED")
+    reply = post_callback(api, closed)
+
+    # THEN it is acknowledged; the payment stands, flagged for an operator
+    assert reply.status_code == 204
+    assert_paid_once(invitation_id, order_id, balances, transaction_id)
+    assert list(order(order_id).flags or []) == ["closed_after_success"]
+
+
+@pytest.mark.parametrize("refund_mode", ["succeed", "processing"])
+def test_a_payment_after_the_invitation_closed_is_refunded_by_the_original_path(
+    api: Any, admin: Principal, provider: FakeProvider, refund_mode: str
+) -> None:
+    # GIVEN an invitation nobody paid within its window, closed by the follow-up job
+    drain_jobs()
+    people = make_people(admin)
+    invitation_id = invite(people)
+    balances = Balances(invitation_id, people.doctor.user_id)
+    order_id = open_order(people, invitation_id)
+    now = utc_now()
+    window_end = later(now, minutes=31)
+    assert orders.follow_up(order(order_id), window_end) == "applied"
+    assert (invitation(invitation_id).status, order(order_id).status) == ("closed", "closed")
+
+    # WHEN the payer's payment lands anyway and its callback arrives
+    provider.refund_mode = refund_mode
+    transaction_id = f"4200{uuid.uuid4().int % 10**24:024d}"
+    callback = provider.payment_callback(order_id, FEE_FEN, transaction_id=transaction_id)
+    assert post_callback(api, callback).status_code == 204
+
+    # THEN the money is taken in and a refund by the original path is under way
+    assert transitions(invitation_id)[:3] == ["create", "lapse_unpaid", "pay_after_closing"]
+    refund = refund_order(invitation_id)
+    assert refund is not None
+    assert (refund.payment_order_id, int(refund.amount_fen)) == (order_id, FEE_FEN)
+    assert [request.out_refund_no for request in provider.refunds_of(refund.refund_no)] == [refund.refund_no]
+    if refund_mode == "processing":
+        assert (invitation(invitation_id).status, refund.status) == ("refunding", "processing")
+        assert set(postings_of(invitation_id)) == {f"pay:{order_id}"}
+        expect_moved(balances, escrow=FEE_FEN, clearing=-FEE_FEN)
+        # AND once the provider has paid it back, the follow-up job settles it
+        provider.finish_refunds()
+        deadlines.follow_up_refunds(later(now, minutes=5))
+    # THEN (at the end) the payer has everything back, once, and the escrow is empty
+    assert invitation(invitation_id).status == "refunded"
+    assert refund_order(invitation_id).status == "succeeded"  # type: ignore[union-attr]
+    assert set(postings_of(invitation_id)) == {f"pay:{order_id}", f"refund:{refund.refund_no}"}
+    expect_moved(balances)
+    assert len(provider.refunds_of(refund.refund_no)) == 1
+    # AND the callback delivered again changes nothing
+    assert post_callback(api, callback).status_code == 204
+    assert set(postings_of(invitation_id)) == {f"pay:{order_id}", f"refund:{refund.refund_no}"}
+    assert_ledger_ok()
+
+
+# --- refund callbacks ---------------------------------------------------------------------------
+
+
+def test_a_refund_callback_settles_a_processing_refund_once(api: Any, people: People, provider: FakeProvider) -> None:
+    # GIVEN a declined invitation whose refund the provider is still processing
+    paid = paid_invitation(people)
+    provider.refund_mode = "processing"
+    service.decline(people.doctor, paid.invitation_id, "On leave that week", utc_now())
+    refund = refund_order(paid.invitation_id)
+    assert refund is not None
+    assert (invitation(paid.invitation_id).status, refund.status) == ("refunding", "processing")
+
+    # WHEN a refund callback with another amount arrives, then the genuine one, twice
+    wrong = provider.refund_callback(refund.refund_no, paid.order_id, FEE_FEN - 100, FEE_FEN)
+    refused = post_callback(api, wrong)
+    assert 400 <= refused.status_code < 500
+    assert refund_order(paid.invitation_id).status == "processing"  # type: ignore[union-attr]
+    provider.finish_refunds()
+    genuine = provider.refund_callback(refund.refund_no, paid.order_id, FEE_FEN, FEE_FEN)
+    replies = [post_callback(api, genuine) for _ in range(2)]
+
+    # THEN both are acknowledged and the refund was posted once
+    assert [reply.status_code for reply in replies] == [204, 204], [reply.body for reply in replies]
+    assert invitation(paid.invitation_id).status == "refunded"
+    assert set(postings_of(paid.invitation_id)) == {f"pay:{paid.order_id}", f"refund:{refund.refund_no}"}
+    expect_moved(paid.balances)
+    # AND the follow-up job has nothing left to do for it
+    deadlines.follow_up_refunds(later(utc_now(), hours=1))
+    assert len(provider.refunds_of(refund.refund_no)) == 1
+    assert set(postings_of(paid.invitation_id)) == {f"pay:{paid.order_id}", f"refund:{refund.refund_no}"}
+    assert_ledger_ok()
+
+
+def test_a_refund_callback_for_a_refund_that_is_not_ours_is_quarantined(api: Any, provider: FakeProvider) -> None:
+    refund_no = f"RF{uuid.uuid4().hex[:26]}"
+    callback = provider.refund_callback(refund_no, f"PI{uuid.uuid4().hex[:26]}", 5_000, 5_000)
+
+    reply = post_callback(api, callback)
+
+    assert reply.status_code == 204
+    assert exists(QuarantinedEvent, f"QUARANTINE#sandbox#{_event_id(callback)}", "EVENT")

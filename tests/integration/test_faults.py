@@ -1,0 +1,504 @@
+"""Injected DynamoDB faults and provider failures on the real engine: money moves once, or not at all.
+
+Faults are botocore event hooks on the PynamoDB clients (``flow_helpers.transact_write_hook``):
+
+- ``before-call`` answers a ``TransactWriteItems`` in DynamoDB's place: a cancellation with a
+  ``TransactionConflict`` reason, or a ``ThrottlingException`` as it surfaces once botocore's
+  own retries are spent;
+- ``before-send`` answers one HTTP attempt with a throttle: botocore retries it itself;
+- ``after-call`` lets the real call commit, then loses its answer (``ReadTimeoutError``): an
+  ambiguous failure. The retry that follows must find the work done, not do it again.
+
+Refund follow-up: a provider that fails with a retryable error leaves the refund requested,
+counted and due later; the job sends it again with the same number until it settles, and
+after ``ATTENTION_AFTER`` failures lists it for an operator.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from botocore.exceptions import ReadTimeoutError
+
+from chalicelib.clock import utc_now
+from chalicelib.invitations import deadlines, service
+from chalicelib.ledger.audit import check_ledger
+from chalicelib.payments import orders, refunds
+from tests.integration.flow_helpers import (
+    DOCTOR_SHARE_FEN,
+    FEE_FEN,
+    PLATFORM_FEE_FEN,
+    Balances,
+    Budget,
+    FakeProvider,
+    booked,
+    cancelled_reply,
+    drain_jobs,
+    error_code,
+    expect_moved,
+    http,
+    installed,
+    invitation,
+    invite,
+    later,
+    make_admin,
+    make_people,
+    open_order,
+    order,
+    paid_invitation,
+    post_callback,
+    postings_of,
+    refund_order,
+    throttled_reply,
+    throttled_wire_response,
+    transact_write_hook,
+    transitions,
+)
+from tests.integration.flow_helpers import api_client as make_api_client
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    from chalicelib.accounts.roles import Principal
+    from tests.integration.flow_helpers import Paid, People
+
+
+@pytest.fixture(scope="module")
+def admin(tables: list[str]) -> Principal:
+    return make_admin(utc_now())
+
+
+@pytest.fixture
+def provider() -> Iterator[FakeProvider]:
+    with installed(FakeProvider()) as fake:
+        yield fake
+
+
+@pytest.fixture
+def people(admin: Principal, provider: FakeProvider) -> People:
+    return make_people(admin)
+
+
+@pytest.fixture(scope="module")
+def api(tables: list[str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    with make_api_client(tmp_path_factory.mktemp("chalice")) as client:
+        yield client
+
+
+def assert_ledger_ok() -> None:
+    report = check_ledger()
+    assert report.ok, report.violations
+
+
+# --- hooks --------------------------------------------------------------------------------------
+
+
+def on_calls(numbers: set[int], fault: Callable[..., Any]) -> tuple[Callable[..., Any], Budget]:
+    """A hook that applies ``fault`` to the TransactWriteItems calls numbered ``numbers`` (1-based)."""
+    seen = Budget(10**9)
+
+    def hook(**kwargs: Any) -> Any:
+        seen.take()
+        if seen.spent in numbers:
+            return fault(**kwargs)
+        return None
+
+    return hook, seen
+
+
+def conflict(**kwargs: Any) -> Any:
+    return cancelled_reply(kwargs["params"])
+
+
+def throttle(**_: Any) -> Any:
+    return throttled_reply()
+
+
+def lose_answer(**_: Any) -> None:
+    raise ReadTimeoutError(endpoint_url="http://dynamodb.local")
+
+
+def assert_accepted_once(people: People, paid: Paid) -> None:
+    assert transitions(paid.invitation_id) == ["create", "pay", "accept"]
+    assert set(postings_of(paid.invitation_id)) == {f"pay:{paid.order_id}", f"accept:{paid.invitation_id}"}
+    expect_moved(paid.balances, pending=DOCTOR_SHARE_FEN, fee=PLATFORM_FEE_FEN, clearing=-FEE_FEN)
+    assert booked(people) == 1
+    assert_ledger_ok()
+
+
+def assert_refunded_once(paid: Paid, provider: FakeProvider, calls: int = 1) -> None:
+    refund_no = f"RF{paid.invitation_id}"
+    assert invitation(paid.invitation_id).status == "refunded"
+    assert set(postings_of(paid.invitation_id)) == {f"pay:{paid.order_id}", f"refund:{refund_no}"}
+    expect_moved(paid.balances)
+    requests = provider.refunds_of(refund_no)
+    assert len(requests) == calls
+    assert {(request.out_trade_no, request.amount_fen) for request in requests} == {(paid.order_id, FEE_FEN)}
+    assert_ledger_ok()
+
+
+def assert_still_pending(people: People, paid: Paid) -> None:
+    assert transitions(paid.invitation_id) == ["create", "pay"]
+    assert set(postings_of(paid.invitation_id)) == {f"pay:{paid.order_id}"}
+    expect_moved(paid.balances, escrow=FEE_FEN, clearing=-FEE_FEN)
+    assert booked(people) == 0
+
+
+# --- a transaction cancelled by a concurrent one, or throttled ----------------------------------
+
+
+def test_a_conflicted_acceptance_answers_409_conflict_and_a_retry_accepts_once(
+    api: Any, people: People, provider: FakeProvider
+) -> None:
+    # GIVEN a paid invitation, and DynamoDB cancelling the next transaction for a conflict
+    paid = paid_invitation(people)
+    path = f"/v1/invitations/{paid.invitation_id}/accept"
+    hook, calls = on_calls({1}, conflict)
+
+    # WHEN the doctor accepts
+    with transact_write_hook("before-call", hook):
+        first = http(api, "POST", path, people.doctor)
+
+    # THEN the answer is 409 conflict (retry), and nothing changed
+    assert calls.spent == 1
+    assert (first.status_code, error_code(first)) == (409, "conflict"), first.json_body
+    assert_still_pending(people, paid)
+    # AND the retry accepts, once
+    second = http(api, "POST", path, people.doctor)
+    assert second.status_code == 200, second.json_body
+    assert_accepted_once(people, paid)
+
+
+def test_a_throttled_attempt_is_retried_by_the_sdk_and_the_acceptance_succeeds_once(
+    api: Any, people: People, provider: FakeProvider
+) -> None:
+    # GIVEN DynamoDB throttling the first HTTP attempt of the next transaction
+    paid = paid_invitation(people)
+    throttled = Budget(1)
+
+    def hook(request: Any, **_: Any) -> Any:
+        return throttled_wire_response(request) if throttled.take() else None
+
+    # WHEN the doctor accepts
+    with transact_write_hook("before-send", hook):
+        response = http(api, "POST", f"/v1/invitations/{paid.invitation_id}/accept", people.doctor)
+
+    # THEN botocore retried it and the call succeeded, once
+    assert throttled.spent == 1
+    assert response.status_code == 200, response.json_body
+    assert_accepted_once(people, paid)
+
+
+def test_a_throttled_acceptance_answers_409_conflict_not_500(api: Any, people: People, provider: FakeProvider) -> None:
+    # GIVEN DynamoDB throttling the transaction even after the SDK's retries
+    paid = paid_invitation(people)
+    hook, calls = on_calls({1}, throttle)
+    path = f"/v1/invitations/{paid.invitation_id}/accept"
+
+    with transact_write_hook("before-call", hook):
+        first = http(api, "POST", path, people.doctor)
+
+    # THEN nothing changed, and the money is where it was, whatever the answer
+    assert calls.spent == 1
+    assert_still_pending(people, paid)
+    second = http(api, "POST", path, people.doctor)
+    assert second.status_code == 200, second.json_body
+    assert_accepted_once(people, paid)
+    # AND the first answer told the client to retry
+    assert (first.status_code, error_code(first)) == (409, "conflict"), first.json_body
+
+
+def test_a_conflicted_payment_callback_is_refused_with_409_and_applied_once_on_redelivery(
+    api: Any, people: People, provider: FakeProvider
+) -> None:
+    # GIVEN an opened order and its genuine callback, and a conflict on the next transaction
+    invitation_id = invite(people)
+    balances = Balances(invitation_id, people.doctor.user_id)
+    order_id = open_order(people, invitation_id)
+    callback = provider.payment_callback(order_id, FEE_FEN)
+    hook, calls = on_calls({1}, conflict)
+
+    with transact_write_hook("before-call", hook):
+        first = post_callback(api, callback)
+
+    # THEN the provider is told to retry (409 FAIL), and nothing changed
+    assert calls.spent == 1
+    assert first.status_code == 409, first.body
+    assert first.json_body["code"] == "FAIL"
+    assert (order(order_id).status, invitation(invitation_id).status) == ("pending", "awaiting_payment")
+    assert postings_of(invitation_id) == {}
+    # AND the redelivery is acknowledged and applied once
+    assert post_callback(api, callback).status_code == 204
+    assert post_callback(api, callback).status_code == 204
+    assert transitions(invitation_id) == ["create", "pay"]
+    assert set(postings_of(invitation_id)) == {f"pay:{order_id}"}
+    expect_moved(balances, escrow=FEE_FEN, clearing=-FEE_FEN)
+    assert_ledger_ok()
+
+
+def test_a_conflicted_decline_changes_nothing_and_a_retry_refunds_once(
+    api: Any, people: People, provider: FakeProvider
+) -> None:
+    # GIVEN a paid invitation, and a conflict on the decline's transaction
+    paid = paid_invitation(people)
+    path = f"/v1/invitations/{paid.invitation_id}/decline"
+    hook, calls = on_calls({1}, conflict)
+
+    with transact_write_hook("before-call", hook):
+        first = http(api, "POST", path, people.doctor, {"reason": "Away at a conference"})
+
+    # THEN 409 conflict; no refund order, the provider was not asked
+    assert calls.spent == 1
+    assert (first.status_code, error_code(first)) == (409, "conflict"), first.json_body
+    assert_still_pending(people, paid)
+    assert refund_order(paid.invitation_id) is None
+    assert provider.refunds_of(f"RF{paid.invitation_id}") == []
+    # AND the retry declines and refunds, once
+    second = http(api, "POST", path, people.doctor, {"reason": "Away at a conference"})
+    assert second.status_code == 200, second.json_body
+    assert transitions(paid.invitation_id) == ["create", "pay", "decline", "refund"]
+    assert_refunded_once(paid, provider)
+
+
+def test_a_conflict_while_settling_the_refund_does_not_fail_the_committed_decline(
+    api: Any, people: People, provider: FakeProvider
+) -> None:
+    # GIVEN a paid invitation; the decline's transaction goes through, the refund settlement's conflicts
+    drain_jobs()
+    paid = paid_invitation(people)
+    path = f"/v1/invitations/{paid.invitation_id}/decline"
+    hook, calls = on_calls({2}, conflict)
+
+    with transact_write_hook("before-call", hook):
+        first = http(api, "POST", path, people.doctor, {"reason": "Away at a conference"})
+
+    # THEN the decline stands and the refund is not lost: the job settles it, once
+    assert calls.spent >= 2
+    assert transitions(paid.invitation_id) == ["create", "pay", "decline"]
+    refund = refund_order(paid.invitation_id)
+    assert refund is not None
+    assert refund.status == "requested"
+    deadlines.follow_up_refunds(later(utc_now(), minutes=1))
+    assert_refunded_once(paid, provider, calls=2)
+    # AND the doctor was told the decline happened
+    assert first.status_code == 200, first.json_body
+
+
+# --- ambiguous failures: the write commits, its answer is lost ----------------------------------
+
+
+def test_an_acceptance_whose_answer_was_lost_is_not_repeated_by_the_retry(
+    api: Any, people: People, provider: FakeProvider
+) -> None:
+    # GIVEN a paid invitation; the acceptance's transaction commits but its answer is lost
+    paid = paid_invitation(people)
+    path, key = f"/v1/invitations/{paid.invitation_id}/accept", f"acc-{uuid.uuid4().hex}"
+    hook, calls = on_calls({1}, lose_answer)
+
+    with transact_write_hook("after-call", hook):
+        first = http(api, "POST", path, people.doctor, key=key)
+
+    # THEN the first answer is an error (the server cannot know the outcome)
+    assert calls.spent == 1
+    assert first.status_code >= 500, first.json_body
+    # AND the retry (same key) does not accept a second time: one posting, one unit of capacity
+    second = http(api, "POST", path, people.doctor, key=key)
+    assert second.status_code in (200, 409), second.json_body
+    if second.status_code == 409:
+        assert error_code(second) == "invalid_transition"
+    assert invitation(paid.invitation_id).status == "accepted"
+    assert_accepted_once(people, paid)
+
+
+def test_a_payment_callback_whose_answer_was_lost_is_applied_once_on_redelivery(
+    api: Any, people: People, provider: FakeProvider
+) -> None:
+    # GIVEN an opened order; the payment's transaction commits but its answer is lost
+    invitation_id = invite(people)
+    balances = Balances(invitation_id, people.doctor.user_id)
+    order_id = open_order(people, invitation_id)
+    callback = provider.payment_callback(order_id, FEE_FEN)
+    hook, calls = on_calls({1}, lose_answer)
+
+    with transact_write_hook("after-call", hook):
+        first = post_callback(api, callback)
+
+    # THEN the provider is not told it succeeded (it will deliver again)
+    assert calls.spent == 1
+    assert first.status_code >= 500, first.body
+    # AND the redeliveries are acknowledged without a second posting
+    assert [post_callback(api, callback).status_code for _ in range(2)] == [204, 204]
+    assert transitions(invitation_id) == ["create", "pay"]
+    assert set(postings_of(invitation_id)) == {f"pay:{order_id}"}
+    expect_moved(balances, escrow=FEE_FEN, clearing=-FEE_FEN)
+    assert_ledger_ok()
+
+
+def test_a_late_payment_whose_answer_was_lost_is_still_refunded_once(
+    api: Any, people: People, provider: FakeProvider
+) -> None:
+    # GIVEN an invitation closed unpaid; its late payment's transaction commits but the answer is lost
+    drain_jobs()
+    invitation_id = invite(people)
+    balances = Balances(invitation_id, people.doctor.user_id)
+    order_id = open_order(people, invitation_id)
+    now = utc_now()
+    assert orders.follow_up(order(order_id), later(now, minutes=31)) == "applied"
+    callback = provider.payment_callback(order_id, FEE_FEN)
+    hook, calls = on_calls({1}, lose_answer)
+
+    with transact_write_hook("after-call", hook):
+        first = post_callback(api, callback)
+
+    assert calls.spent == 1
+    assert first.status_code >= 500, first.body
+    # WHEN the provider delivers again and the refund job runs
+    assert post_callback(api, callback).status_code == 204
+    deadlines.follow_up_refunds(later(now, minutes=1))
+
+    # THEN the payment was taken in once and refunded once: the refund was not lost
+    refund_no = f"RF{invitation_id}"
+    assert invitation(invitation_id).status == "refunded"
+    assert set(postings_of(invitation_id)) == {f"pay:{order_id}", f"refund:{refund_no}"}
+    expect_moved(balances)
+    assert len(provider.refunds_of(refund_no)) == 1
+    assert_ledger_ok()
+
+
+def test_a_refund_settlement_whose_answer_was_lost_is_not_posted_again(
+    api: Any, people: People, provider: FakeProvider
+) -> None:
+    # GIVEN a declined invitation whose refund the provider was still processing
+    drain_jobs()
+    paid = paid_invitation(people)
+    provider.refund_mode = "processing"
+    now = utc_now()
+    service.decline(people.doctor, paid.invitation_id, "Away at a conference", now)
+    assert invitation(paid.invitation_id).status == "refunding"
+    provider.finish_refunds()
+    hook, calls = on_calls({1}, lose_answer)
+
+    # WHEN the job settles it, and the settlement's answer is lost
+    with transact_write_hook("after-call", hook):
+        report = deadlines.follow_up_refunds(later(now, minutes=2))
+
+    # THEN the job counts a failure, and the settlement had committed
+    assert calls.spent == 1
+    assert report["failed"] >= 1, report
+    assert invitation(paid.invitation_id).status == "refunded"
+    # WHEN the job runs again and the provider's refund callback arrives, twice
+    deadlines.follow_up_refunds(later(now, minutes=30))
+    refund_no = f"RF{paid.invitation_id}"
+    callback = provider.refund_callback(refund_no, paid.order_id, FEE_FEN, FEE_FEN)
+    assert [post_callback(api, callback).status_code for _ in range(2)] == [204, 204]
+
+    # THEN the refund was posted once
+    assert transitions(paid.invitation_id) == ["create", "pay", "decline", "start_refund", "refund"]
+    assert_refunded_once(paid, provider)
+
+
+def test_a_decline_whose_refund_settlement_answer_was_lost_is_not_refunded_twice(
+    api: Any, people: People, provider: FakeProvider
+) -> None:
+    # GIVEN a paid invitation; the decline commits, the refund settlement commits but its answer is lost
+    drain_jobs()
+    paid = paid_invitation(people)
+    path = f"/v1/invitations/{paid.invitation_id}/decline"
+    hook, calls = on_calls({2}, lose_answer)
+
+    with transact_write_hook("after-call", hook):
+        first = http(api, "POST", path, people.doctor, {"reason": "Away at a conference"})
+
+    assert calls.spent >= 2
+    # WHEN the doctor retries and the refund job runs
+    second = http(api, "POST", path, people.doctor, {"reason": "Away at a conference"})
+    assert (second.status_code, error_code(second)) == (409, "invalid_transition"), second.json_body
+    deadlines.follow_up_refunds(later(utc_now(), hours=1))
+
+    # THEN the payer was refunded once
+    assert transitions(paid.invitation_id) == ["create", "pay", "decline", "refund"]
+    assert_refunded_once(paid, provider)
+    # AND the doctor was told the decline happened (its own transaction had committed)
+    assert first.status_code == 200, first.json_body
+
+
+# --- refund follow-up ---------------------------------------------------------------------------
+
+
+def _due_at(paid: Paid) -> datetime:
+    refund = refund_order(paid.invitation_id)
+    assert refund is not None
+    return datetime.fromisoformat(refund.due_at)
+
+
+def test_a_refund_the_provider_failed_stays_requested_and_settles_once_when_it_recovers(
+    people: People, provider: FakeProvider
+) -> None:
+    # GIVEN a paid invitation and a provider that times out on refunds
+    drain_jobs()
+    paid = paid_invitation(people)
+    provider.refund_mode = "fail"
+    now = utc_now()
+
+    # WHEN the doctor declines
+    declined = service.decline(people.doctor, paid.invitation_id, "Away at a conference", now)
+
+    # THEN the decline stands; the refund is requested, its failure counted, its next try due later
+    assert declined["status"] == "declined"
+    refund = refund_order(paid.invitation_id)
+    assert refund is not None
+    assert (refund.status, int(refund.attempts), bool(refund.needs_attention)) == ("requested", 1, False)
+    assert "SYSTEM_ERROR" in (refund.last_error or "")
+    assert _due_at(paid) > now
+    expect_moved(paid.balances, escrow=FEE_FEN, clearing=-FEE_FEN)
+    # AND the job does not send it again before it is due
+    deadlines.follow_up_refunds(later(now, seconds=30))
+    assert len(provider.refunds_of(refund.refund_no)) == 1
+    # WHEN the provider recovers and the job runs once it is due, and again later
+    provider.refund_mode = "succeed"
+    deadlines.follow_up_refunds(later(_due_at(paid), seconds=1))
+    deadlines.follow_up_refunds(later(now, days=1))
+
+    # THEN it settled exactly once, sent each time with the same number
+    assert_refunded_once(paid, provider, calls=2)
+    assert transitions(paid.invitation_id) == ["create", "pay", "decline", "refund"]
+    assert refund_order(paid.invitation_id).attempts == 1  # type: ignore[union-attr]
+
+
+def test_a_refund_that_keeps_failing_is_listed_for_an_operator_and_never_lost(
+    people: People, provider: FakeProvider
+) -> None:
+    # GIVEN a declined invitation whose refund failed once
+    drain_jobs()
+    paid = paid_invitation(people)
+    provider.refund_mode = "fail"
+    service.decline(people.doctor, paid.invitation_id, "Away at a conference", utc_now())
+    refund_no = f"RF{paid.invitation_id}"
+
+    # WHEN the job retries it each time it is due, and the provider keeps failing
+    for attempt in range(2, refunds.ATTENTION_AFTER + 1):
+        due = _due_at(paid)
+        deadlines.follow_up_refunds(later(due, seconds=1))
+        refund = refund_order(paid.invitation_id)
+        assert refund is not None
+        assert int(refund.attempts) == attempt
+        assert datetime.fromisoformat(refund.due_at) > due
+        assert bool(refund.needs_attention) == (attempt >= refunds.ATTENTION_AFTER)
+
+    # THEN after five failures it is listed for an operator, still requested, still queued
+    assert int(refund.attempts) == refunds.ATTENTION_AFTER
+    assert refund.status == "requested"
+    assert refund_no in {item.refund_no for item in refunds.needing_attention()}
+    report = check_ledger()
+    assert report.ok, report.violations
+    assert any(refund_no in note for note in report.attention), report.attention
+    assert len(provider.refunds_of(refund_no)) == refunds.ATTENTION_AFTER
+    expect_moved(paid.balances, escrow=FEE_FEN, clearing=-FEE_FEN)
+    # AND when the provider recovers, the job settles it once and the operator's list clears
+    provider.refund_mode = "succeed"
+    deadlines.follow_up_refunds(later(_due_at(paid), seconds=1))
+    assert refund_no not in {item.refund_no for item in refunds.needing_attention()}
+    assert_refunded_once(paid, provider, calls=refunds.ATTENTION_AFTER + 1)
