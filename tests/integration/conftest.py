@@ -34,6 +34,10 @@ from devstack.processes import ProcessGroup, free_port
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from typing import Any
+
+    from chalicelib.accounts.roles import Principal
+    from tests.integration.flow_helpers import FakeProvider, People
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 
@@ -79,3 +83,41 @@ def ddb(dynamodb_endpoint: str):
     import boto3
 
     return boto3.client("dynamodb")
+
+
+# --- the invitation flow's fixtures (tests/integration/flow_helpers.py has the helpers) -----------
+
+
+@pytest.fixture(scope="module")
+def admin(tables: list[str]) -> Principal:
+    """An admin, made once per module."""
+    from chalicelib.clock import utc_now
+    from tests.integration.flow_helpers import make_admin
+
+    return make_admin(utc_now())
+
+
+@pytest.fixture
+def provider() -> Iterator[FakeProvider]:
+    """The in-memory payment provider, installed as the ``sandbox`` channel for one test."""
+    from tests.integration.flow_helpers import FakeProvider, installed
+
+    with installed(FakeProvider()) as fake:
+        yield fake
+
+
+@pytest.fixture
+def people(admin: Principal, provider: FakeProvider) -> People:
+    """A verified doctor with a working day, and a patient."""
+    from tests.integration.flow_helpers import make_people
+
+    return make_people(admin)
+
+
+@pytest.fixture(scope="module")
+def api(tables: list[str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """``chalice.test.Client`` of the app against DynamoDB Local."""
+    from tests.integration.flow_helpers import api_client
+
+    with api_client(tmp_path_factory.mktemp("chalice")) as client:
+        yield client

@@ -45,6 +45,7 @@ from chalicelib.errors import ApiError
 from chalicelib.invitations import engine, service
 from chalicelib.invitations.requests import Airway, AnesthesiaSummary, InvitationRequest, Operation
 from chalicelib.ledger import accounts
+from chalicelib.ledger.audit import check_ledger
 from chalicelib.ledger.journal import TRANSACTIONS_LIST, balance
 from chalicelib.models import TABLE_MODELS
 from chalicelib.models.invitations import CalendarDay, Invitation
@@ -746,3 +747,9 @@ def exists(model: type, hash_key: str, range_key: str) -> bool:
     except DoesNotExist:
         return False
     return True
+
+
+def assert_ledger_ok() -> None:
+    """The ledger's invariants hold."""
+    report = check_ledger()
+    assert report.ok, report.violations

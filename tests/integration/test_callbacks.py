@@ -31,14 +31,13 @@ from tests.integration.flow_helpers import (
     Balances,
     FakeProvider,
     api_errors,
+    assert_ledger_ok,
     drain_jobs,
     exists,
     expect_moved,
-    installed,
     invitation,
     invite,
     later,
-    make_admin,
     make_people,
     open_order,
     order,
@@ -49,37 +48,14 @@ from tests.integration.flow_helpers import (
     refund_order,
     transitions,
 )
-from tests.integration.flow_helpers import api_client as make_api_client
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
 
     from chalicelib.accounts.roles import Principal
     from tests.integration.flow_helpers import Callback, People
 
 COPIES = 5
-
-
-@pytest.fixture(scope="module")
-def admin(tables: list[str]) -> Principal:
-    return make_admin(utc_now())
-
-
-@pytest.fixture
-def provider() -> Iterator[FakeProvider]:
-    with installed(FakeProvider()) as fake:
-        yield fake
-
-
-@pytest.fixture
-def people(admin: Principal, provider: FakeProvider) -> People:
-    return make_people(admin)
-
-
-@pytest.fixture(scope="module")
-def api(tables: list[str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    with make_api_client(tmp_path_factory.mktemp("chalice")) as client:
-        yield client
 
 
 @pytest.fixture
@@ -88,11 +64,6 @@ def unpaid(people: People) -> tuple[str, str, Balances]:
     invitation_id = invite(people)
     balances = Balances(invitation_id, people.doctor.user_id)
     return invitation_id, open_order(people, invitation_id), balances
-
-
-def assert_ledger_ok() -> None:
-    report = check_ledger()
-    assert report.ok, report.violations
 
 
 def assert_paid_once(invitation_id: str, order_id: str, balances: Balances, transaction_id: str) -> None:

@@ -20,7 +20,6 @@ import uuid
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-import pytest
 from botocore.exceptions import ReadTimeoutError
 
 from chalicelib.clock import utc_now
@@ -34,18 +33,16 @@ from tests.integration.flow_helpers import (
     Balances,
     Budget,
     FakeProvider,
+    assert_ledger_ok,
     booked,
     cancelled_reply,
     drain_jobs,
     error_code,
     expect_moved,
     http,
-    installed,
     invitation,
     invite,
     later,
-    make_admin,
-    make_people,
     open_order,
     order,
     paid_invitation,
@@ -57,40 +54,11 @@ from tests.integration.flow_helpers import (
     transact_write_hook,
     transitions,
 )
-from tests.integration.flow_helpers import api_client as make_api_client
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
 
-    from chalicelib.accounts.roles import Principal
     from tests.integration.flow_helpers import Paid, People
-
-
-@pytest.fixture(scope="module")
-def admin(tables: list[str]) -> Principal:
-    return make_admin(utc_now())
-
-
-@pytest.fixture
-def provider() -> Iterator[FakeProvider]:
-    with installed(FakeProvider()) as fake:
-        yield fake
-
-
-@pytest.fixture
-def people(admin: Principal, provider: FakeProvider) -> People:
-    return make_people(admin)
-
-
-@pytest.fixture(scope="module")
-def api(tables: list[str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    with make_api_client(tmp_path_factory.mktemp("chalice")) as client:
-        yield client
-
-
-def assert_ledger_ok() -> None:
-    report = check_ledger()
-    assert report.ok, report.violations
 
 
 # --- hooks --------------------------------------------------------------------------------------

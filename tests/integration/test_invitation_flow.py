@@ -16,7 +16,6 @@ import pytest
 from chalicelib.clock import iso, utc_now
 from chalicelib.errors import ApiError
 from chalicelib.invitations import deadlines, engine, service
-from chalicelib.ledger.audit import check_ledger
 from chalicelib.models.invitations import Invitation
 from chalicelib.models.users import Account
 from tests.integration.flow_helpers import (
@@ -26,16 +25,15 @@ from tests.integration.flow_helpers import (
     FakeProvider,
     Paid,
     api_errors,
+    assert_ledger_ok,
     booked,
     drain_jobs,
     error_code,
     expect_moved,
     http,
-    installed,
     invitation,
     invite,
     later,
-    make_admin,
     make_people,
     paid_invitation,
     postings_of,
@@ -44,43 +42,13 @@ from tests.integration.flow_helpers import (
     transitions,
     until_settled,
 )
-from tests.integration.flow_helpers import api_client as make_api_client
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from chalicelib.accounts.roles import Principal
     from tests.integration.flow_helpers import People
 
 THREADS = 20
 ACTIONS = ("accept", "decline", "cancel", "expire")
-
-
-@pytest.fixture(scope="module")
-def admin(tables: list[str]) -> Principal:
-    return make_admin(utc_now())
-
-
-@pytest.fixture
-def provider() -> Iterator[FakeProvider]:
-    with installed(FakeProvider()) as fake:
-        yield fake
-
-
-@pytest.fixture
-def people(admin: Principal, provider: FakeProvider) -> People:
-    return make_people(admin)
-
-
-@pytest.fixture(scope="module")
-def api(tables: list[str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    with make_api_client(tmp_path_factory.mktemp("chalice")) as client:
-        yield client
-
-
-def assert_ledger_ok() -> None:
-    report = check_ledger()
-    assert report.ok, report.violations
 
 
 # --- the whole way, once ------------------------------------------------------------------------
