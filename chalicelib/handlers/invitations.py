@@ -38,7 +38,7 @@ def create_invitation() -> Response:
     from chalicelib.invitations import service
 
     request = parse(bp.current_request.json_body, InvitationRequest)
-    return once(bp, "POST /v1/invitations", lambda: service.create(current_principal(), request, utc_now()))
+    return _once_then_view("POST /v1/invitations", lambda: service.create(current_principal(), request, utc_now()))
 
 
 @route(bp, "/v1/invitations", methods=["GET"], roles=PARTIES)
@@ -58,9 +58,22 @@ def read_invitation(invitation_id: str) -> dict[str, Any]:
     return service.read(_id(invitation_id), current_principal())
 
 
+def _once_then_view(scope: str, run: Any) -> Response:
+    """``once``, storing only the invitation's id and status for replays (never its health data or the
+    requester's phone), and answering with the invitation as it is now."""
+    from chalicelib.invitations import service
+
+    def remembered() -> tuple[int, dict[str, Any]]:
+        status, body = run()
+        return status, {"invitation_id": body["invitation_id"], "status": body["status"]}
+
+    answer = once(bp, scope, remembered)
+    current = service.read(answer.body["invitation_id"], current_principal())
+    return Response(body=current, status_code=answer.status_code)
+
+
 def _transition(invitation_id: str, action: str, run: Any) -> Response:
-    scope = f"POST /v1/invitations/{invitation_id}/{action}"
-    return once(bp, scope, lambda: (200, run()))
+    return _once_then_view(f"POST /v1/invitations/{invitation_id}/{action}", lambda: (200, run()))
 
 
 @route(bp, "/v1/invitations/{invitation_id}/accept", methods=["POST"], roles=[DOCTOR])

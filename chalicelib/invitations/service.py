@@ -463,6 +463,18 @@ RULES = {
 }
 
 
+def _before_service(invitation: Invitation, now: datetime) -> None:
+    """A service whose time has come is not cancelled: a dispute about it is a complaint."""
+    if invitation.status == ACCEPTED and now >= datetime.fromisoformat(invitation.scheduled_at):
+        raise ApiError(
+            409,
+            "service_time_passed",
+            "The scheduled time has passed: the service can no longer be cancelled; complain if it was not delivered",
+            "预约时间已过，无法取消；如未提供服务请投诉",
+            {"scheduled_at": invitation.scheduled_at},
+        )
+
+
 def refund_preview(principal: Principal, invitation_id: str, now: datetime) -> dict[str, Any]:
     """What cancelling now would refund under the configured policy, and why."""
     invitation = engine.load(invitation_id)
@@ -471,6 +483,7 @@ def refund_preview(principal: Principal, invitation_id: str, now: datetime) -> d
     if invitation.status == AWAITING_PAYMENT:
         refund, kept, rule = 0, 0, "not_paid"
     elif invitation.status in (PENDING_RESPONSE, ACCEPTED):
+        _before_service(invitation, now)
         quote = _quote(invitation, now)
         refund, kept, rule = quote.refund_fen, quote.kept_fen, quote.rule
     else:
@@ -503,6 +516,7 @@ def cancel(principal: Principal, invitation_id: str, reason: str, now: datetime)
     if invitation.status == AWAITING_PAYMENT:
         return view(_withdraw_unpaid(invitation, principal, reason, now), principal)
     engine.plan_or_raise(invitation, "cancel", REQUESTER)
+    _before_service(invitation, now)
     quote = _quote(invitation, now)
     batch = Batch()
     actions: list[Any] = []

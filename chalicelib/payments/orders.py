@@ -63,7 +63,7 @@ def order_number(invitation_id: str) -> str:
 def get(order_id: str) -> PaymentOrder | None:
     try:
         return PaymentOrder.get(f"ORDER#{order_id}", "ORDER", consistent_read=True)
-    except DoesNotExist:
+    except (DoesNotExist, ValueError):  # ValueError: the number is another kind of order (a refund)
         return None
 
 

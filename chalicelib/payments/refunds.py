@@ -61,7 +61,7 @@ def backoff(attempts: int) -> timedelta:
 def get(refund_no: str) -> RefundOrder | None:
     try:
         return RefundOrder.get(f"ORDER#{refund_no}", "ORDER", consistent_read=True)
-    except DoesNotExist:
+    except (DoesNotExist, ValueError):  # ValueError: the number is another kind of order (a payment)
         return None
 
 
@@ -143,9 +143,9 @@ def apply_state(
     ``seen`` are provider dedupe keys (``PROVIDER#…``) written with the change, so the
     same event is never applied twice. Returns ``applied``, ``duplicate`` or ``waiting``.
     """
-    if refund.status in ("succeeded", "failed"):
+    if refund.status == "succeeded" or (refund.status == "failed" and state != "succeeded"):
         return "duplicate"
-    if state == "succeeded":
+    if state == "succeeded":  # also after "failed": an operator may have fixed it at the provider
         return _settle(refund, provider_ref, now, seen)
     if state == "processing":
         return _processing(refund, provider_ref, now)
@@ -172,10 +172,11 @@ def _settle(refund: RefundOrder, provider_ref: str | None, now: datetime, seen: 
             RefundOrder.provider_ref.set(provider_ref or refund.provider_ref or ""),
             RefundOrder.refunded_at.set(iso(now)),
             RefundOrder.updated_at.set(iso(now)),
+            RefundOrder.needs_attention.set(False),
             RefundOrder.work_queue.remove(),
             RefundOrder.due_at.remove(),
         ],
-        condition=RefundOrder.status.is_in(*OPEN),
+        condition=RefundOrder.status.is_in(*OPEN, "failed"),
     )
     add_notice(
         batch, invitation_id=invitation.invitation_id, event="refunded", recipient_id=invitation.requester_id, now=now
