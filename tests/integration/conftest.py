@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from chalicelib.accounts.roles import Principal
-    from tests.integration.flow_helpers import FakeProvider, People
+    from tests.integration.flow_helpers import FakeProvider, Ordered, People
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 
@@ -112,6 +112,14 @@ def people(admin: Principal, provider: FakeProvider) -> People:
     from tests.integration.flow_helpers import make_people
 
     return make_people(admin)
+
+
+@pytest.fixture
+def unpaid(people: People) -> Ordered:
+    """An invitation of ``people`` with its payment order opened, not paid."""
+    from tests.integration.flow_helpers import ordered_invitation
+
+    return ordered_invitation(people)
 
 
 @pytest.fixture(scope="module")

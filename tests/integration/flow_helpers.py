@@ -4,8 +4,11 @@
   ``registry.use_provider``) that verifies callbacks with keys it generated, exactly as the
   WeChat Pay adapter does, signs real-format WeChat Pay v3 callbacks for the tests, and
   can be told to refund, leave a refund processing, or fail with a retryable error;
-- ``People`` and ``paid_invitation``: a verified doctor with a working day, a patient, an
-  invitation paid through the same settlement path a callback takes;
+- ``People``, ``ordered_invitation`` and ``paid_invitation``: a verified doctor with a working
+  day, a patient, an invitation with its payment order opened, or paid through the same
+  settlement path a callback takes;
+- checks shared by the test modules: ``assert_paid_once``, ``assert_accepted_once``,
+  ``assert_refunded_once``, ``assert_ledger_ok``;
 - ``race``: threads released together at a barrier;
 - ``transact_write_hook``: a botocore event hook on every PynamoDB client, for faults;
 - ledger readers: postings of one invitation, the fee and clearing shards it uses.
@@ -18,6 +21,7 @@ The HTTP tests use ``api_client``: ``chalice.test.Client`` over a project folder
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import itertools
 import json
@@ -28,7 +32,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pynamodb.exceptions import DoesNotExist
 
@@ -49,16 +53,11 @@ from chalicelib.ledger.audit import check_ledger
 from chalicelib.ledger.journal import TRANSACTIONS_LIST, balance
 from chalicelib.models import TABLE_MODELS
 from chalicelib.models.invitations import CalendarDay, Invitation
-from chalicelib.models.ledger import JournalTransaction, PaymentOrder, RefundOrder
+from chalicelib.models.ledger import JournalTransaction, PaymentOrder, ProviderSeen, RefundOrder
 from chalicelib.payments import orders, refunds, settlement
 from chalicelib.payments.orders import OrderRequest
-from chalicelib.payments.provider import (
-    HttpReply,
-    PaymentIntent,
-    PaymentStatus,
-    ProviderError,
-    RefundStatus,
-)
+from chalicelib.payments.provider import HttpReply, PaymentIntent, PaymentStatus, ProviderError, RefundStatus
+from chalicelib.payments.settlement import seen_key
 from chalicelib.payments.wechat_events import payment_event
 from chalicelib.payments.wechat_notify import NotifyKeys, generate_sandbox_keys, sign_notification, verify_notification
 
@@ -96,6 +95,7 @@ SUMMARY = AnesthesiaSummary(
     weight_kg=71.5,
 )
 _phones = itertools.count(1)
+T = TypeVar("T")
 
 
 # --- time ---------------------------------------------------------------------------------------
@@ -118,25 +118,39 @@ def _sandbox_keys() -> tuple[str, str]:
     return generate_sandbox_keys()
 
 
+def new_transaction_id() -> str:
+    """A WeChat Pay transaction id (``4200`` and 24 digits) no other call returns."""
+    return f"4200{uuid.uuid4().int % 10**24:024d}"
+
+
 @dataclass(frozen=True)
 class Callback:
-    """A callback as the provider posts it: headers and the raw body, byte for byte."""
+    """A callback as the provider posts it: headers and the raw body, byte for byte.
+
+    ``transaction_id``: the provider's id of the payment a ``TRANSACTION.SUCCESS`` reports
+    (None for other events); it is inside the encrypted body, kept here for the checks.
+    """
 
     headers: dict[str, str]
     body: bytes
+    transaction_id: str | None = None
+
+    @property
+    def event_id(self) -> str:
+        return str(json.loads(self.body)["id"])
 
     def with_headers(self, changes: Mapping[str, str | None]) -> Callback:
         """The same body with headers replaced (or, for None, removed)."""
         headers = {name: value for name, value in self.headers.items() if name not in changes}
         headers.update({name: value for name, value in changes.items() if value is not None})
-        return Callback(headers, self.body)
+        return dataclasses.replace(self, headers=headers)
 
     def one_byte_changed(self) -> Callback:
         """The body with one byte altered (in the event id, so it stays printable JSON)."""
         position = self.body.index(b'"id":"') + len(b'"id":"')
         changed = bytearray(self.body)
         changed[position] = ord("X") if changed[position] != ord("X") else ord("Y")
-        return Callback(self.headers, bytes(changed))
+        return dataclasses.replace(self, body=bytes(changed))
 
 
 @dataclass
@@ -240,6 +254,7 @@ class FakeProvider:
         *,
         associated_data: str,
         timestamp: int | None = None,
+        transaction_id: str | None = None,
     ) -> Callback:
         headers, body = sign_notification(
             event,
@@ -251,7 +266,7 @@ class FakeProvider:
             nonce=secrets.token_hex(16),
             associated_data=associated_data,
         )
-        return Callback(headers, body)
+        return Callback(headers, body, transaction_id)
 
     def payment_callback(
         self,
@@ -264,7 +279,10 @@ class FakeProvider:
         currency: str = "CNY",
         timestamp: int | None = None,
     ) -> Callback:
-        """A ``TRANSACTION.SUCCESS`` (or ``.CLOSED``) notification for ``out_trade_no``."""
+        """A ``TRANSACTION.SUCCESS`` (or ``.CLOSED``) notification for ``out_trade_no``.
+
+        A success reports ``transaction_id`` (a new one by default) as the payment's id.
+        """
         now = utc_now()
         resource: dict[str, Any] = {
             "mchid": "1900000109",
@@ -276,8 +294,9 @@ class FakeProvider:
             "payer": {"openid": "oSandboxPayer"},
         }
         if trade_state == "SUCCESS":
+            transaction_id = transaction_id or new_transaction_id()
             resource.update(
-                transaction_id=transaction_id or f"4200{uuid.uuid4().int % 10**24:024d}",
+                transaction_id=transaction_id,
                 trade_state_desc=PAID_ZH,
                 bank_type="OTHERS",
                 success_time=wechat_time(now),
@@ -292,13 +311,16 @@ class FakeProvider:
         else:
             resource.update(trade_state_desc=CLOSED_ZH, amount={"total": amount_fen, "currency": currency})
             summary = CLOSED_ZH
+            transaction_id = None
         event = {
             "id": event_id or str(uuid.uuid4()),
             "create_time": wechat_time(now),
             "event_type": f"TRANSACTION.{trade_state}",
             "summary": summary,
         }
-        return self.sign(event, resource, associated_data="transaction", timestamp=timestamp)
+        return self.sign(
+            event, resource, associated_data="transaction", timestamp=timestamp, transaction_id=transaction_id
+        )
 
     def refund_callback(self, refund_no: str, out_trade_no: str, amount_fen: int, total_fen: int) -> Callback:
         """A ``REFUND.SUCCESS`` notification for our refund ``refund_no``."""
@@ -306,7 +328,7 @@ class FakeProvider:
         status = self.refund_states.get(refund_no)
         resource = {
             "mchid": "1900000109",
-            "transaction_id": f"4200{uuid.uuid4().int % 10**24:024d}",
+            "transaction_id": new_transaction_id(),
             "out_trade_no": out_trade_no,
             "refund_id": status.refund_id if status and status.refund_id else f"50{refund_no[-20:]}",
             "out_refund_no": refund_no,
@@ -408,7 +430,7 @@ def open_order(people: People, invitation_id: str, now: datetime | None = None) 
 
 def pay(order_id: str, amount_fen: int = FEE_FEN, now: datetime | None = None) -> str:
     """Apply a verified payment as a callback would (the settlement path both share)."""
-    transaction_id = f"4200{uuid.uuid4().int % 10**24:024d}"
+    transaction_id = new_transaction_id()
     return settlement.apply_payment(
         settlement.Outcome(order_id, "succeeded", transaction_id, amount_fen, "CNY"),
         now or utc_now(),
@@ -417,21 +439,31 @@ def pay(order_id: str, amount_fen: int = FEE_FEN, now: datetime | None = None) -
 
 
 @dataclass(frozen=True)
-class Paid:
-    """A paid invitation, its order, and the balances of its accounts as they were before the payment."""
+class Ordered:
+    """An invitation, its payment order (paid or not), and its accounts' balances from before any payment."""
 
     invitation_id: str
     order_id: str
     balances: Balances
 
+    @property
+    def refund_no(self) -> str:
+        """The number of its refund (one per invitation)."""
+        return f"RF{self.invitation_id}"
 
-def paid_invitation(people: People, now: datetime | None = None) -> Paid:
-    """An invitation the patient has paid (``pending_response``)."""
+
+def ordered_invitation(people: People, now: datetime | None = None) -> Ordered:
+    """An invitation with its payment order opened, not paid (``awaiting_payment``)."""
     invitation_id = invite(people, now)
     tracked = Balances(invitation_id, people.doctor.user_id)
-    order_id = open_order(people, invitation_id, now)
-    assert pay(order_id, now=now) == "applied"
-    return Paid(invitation_id, order_id, tracked)
+    return Ordered(invitation_id, open_order(people, invitation_id, now), tracked)
+
+
+def paid_invitation(people: People, now: datetime | None = None) -> Ordered:
+    """An invitation the patient has paid (``pending_response``)."""
+    ordered = ordered_invitation(people, now)
+    assert pay(ordered.order_id, now=now) == "applied"
+    return ordered
 
 
 def invitation(invitation_id: str) -> Invitation:
@@ -446,6 +478,13 @@ def order(order_id: str) -> PaymentOrder:
 
 def refund_order(invitation_id: str) -> RefundOrder | None:
     return refunds.get(refunds.refund_number(invitation_id))
+
+
+def the_refund(invitation_id: str) -> RefundOrder:
+    """The invitation's refund order, which must exist."""
+    found = refund_order(invitation_id)
+    assert found is not None, invitation_id
+    return found
 
 
 def booked(people: People) -> int:
@@ -541,11 +580,11 @@ def drain_jobs() -> None:
 # --- threads ------------------------------------------------------------------------------------
 
 
-def race(count: int, call: Callable[[int], Any], *, timeout: float = 60) -> list[Any]:
+def race(count: int, call: Callable[[int], T], *, timeout: float = 60) -> list[T | Exception]:
     """Run ``call(0..count-1)`` on ``count`` threads released together; each result or raised exception."""
     barrier = threading.Barrier(count)
 
-    def run(index: int) -> Any:
+    def run(index: int) -> T | Exception:
         barrier.wait(timeout=timeout)
         try:
             return call(index)
@@ -749,7 +788,50 @@ def exists(model: type, hash_key: str, range_key: str) -> bool:
     return True
 
 
+# --- checks -------------------------------------------------------------------------------------
+
+
 def assert_ledger_ok() -> None:
     """The ledger's invariants hold."""
     report = check_ledger()
     assert report.ok, report.violations
+
+
+def assert_ledger_ok_listing(reference: str) -> None:
+    """The ledger's invariants hold, and a note for an operator names ``reference``."""
+    report = check_ledger()
+    assert report.ok, report.violations
+    assert any(reference in note for note in report.attention), report.attention
+
+
+def assert_paid_once(ordered: Ordered, transaction_id: str | None) -> None:
+    """The payment ``transaction_id`` was taken in once: paid, in escrow, its id remembered."""
+    assert transaction_id is not None
+    assert transitions(ordered.invitation_id) == ["create", "pay"]
+    assert invitation(ordered.invitation_id).status == "pending_response"
+    assert set(postings_of(ordered.invitation_id)) == {f"pay:{ordered.order_id}"}
+    paid = order(ordered.order_id)
+    assert (paid.status, paid.provider_ref) == ("succeeded", transaction_id)
+    expect_moved(ordered.balances, escrow=FEE_FEN, clearing=-FEE_FEN)
+    assert exists(ProviderSeen, seen_key("sandbox", "txn", transaction_id), "SEEN")
+    assert_ledger_ok()
+
+
+def assert_accepted_once(people: People, ordered: Ordered) -> None:
+    """The invitation was accepted once: the fee split once, one place of the day booked."""
+    assert transitions(ordered.invitation_id) == ["create", "pay", "accept"]
+    assert set(postings_of(ordered.invitation_id)) == {f"pay:{ordered.order_id}", f"accept:{ordered.invitation_id}"}
+    expect_moved(ordered.balances, pending=DOCTOR_SHARE_FEN, fee=PLATFORM_FEE_FEN, clearing=-FEE_FEN)
+    assert booked(people) == 1
+    assert_ledger_ok()
+
+
+def assert_refunded_once(ordered: Ordered, provider: FakeProvider, calls: int = 1) -> None:
+    """The payment was taken in once and refunded in full once; the provider was asked ``calls`` times."""
+    assert invitation(ordered.invitation_id).status == "refunded"
+    assert set(postings_of(ordered.invitation_id)) == {f"pay:{ordered.order_id}", f"refund:{ordered.refund_no}"}
+    expect_moved(ordered.balances)
+    requests = provider.refunds_of(ordered.refund_no)
+    assert len(requests) == calls
+    assert {(request.out_trade_no, request.amount_fen) for request in requests} == {(ordered.order_id, FEE_FEN)}
+    assert_ledger_ok()

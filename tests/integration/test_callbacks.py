@@ -12,7 +12,6 @@ shared app object, so it cannot serve two requests at once; every retry goes ove
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import uuid
@@ -22,79 +21,76 @@ import pytest
 
 from chalicelib.clock import utc_now
 from chalicelib.invitations import deadlines, service
-from chalicelib.ledger.audit import check_ledger
 from chalicelib.models.ledger import PaymentOrder, ProviderSeen, QuarantinedEvent
 from chalicelib.payments import callbacks, orders, settlement
 from chalicelib.payments.settlement import seen_key
 from tests.integration.flow_helpers import (
     FEE_FEN,
-    Balances,
     FakeProvider,
     api_errors,
     assert_ledger_ok,
+    assert_ledger_ok_listing,
+    assert_paid_once,
+    assert_refunded_once,
     drain_jobs,
     exists,
     expect_moved,
     invitation,
-    invite,
     later,
     make_people,
-    open_order,
+    new_transaction_id,
     order,
+    ordered_invitation,
     paid_invitation,
     post_callback,
     postings_of,
     race,
-    refund_order,
+    the_refund,
     transitions,
 )
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from datetime import datetime
 
     from chalicelib.accounts.roles import Principal
-    from tests.integration.flow_helpers import Callback, People
+    from tests.integration.flow_helpers import Callback, Ordered, People
 
 COPIES = 5
 
 
-@pytest.fixture
-def unpaid(people: People) -> tuple[str, str, Balances]:
-    """An invitation with its payment order opened, not paid: (invitation id, order id, balances)."""
-    invitation_id = invite(people)
-    balances = Balances(invitation_id, people.doctor.user_id)
-    return invitation_id, open_order(people, invitation_id), balances
+def assert_untouched(unpaid: Ordered) -> None:
+    assert transitions(unpaid.invitation_id) == ["create"]
+    assert invitation(unpaid.invitation_id).status == "awaiting_payment"
+    assert order(unpaid.order_id).status == "pending"
+    assert postings_of(unpaid.invitation_id) == {}
+    expect_moved(unpaid.balances)
 
 
-def assert_paid_once(invitation_id: str, order_id: str, balances: Balances, transaction_id: str) -> None:
-    assert transitions(invitation_id) == ["create", "pay"]
-    assert invitation(invitation_id).status == "pending_response"
-    assert set(postings_of(invitation_id)) == {f"pay:{order_id}"}
-    paid = order(order_id)
-    assert (paid.status, paid.provider_ref) == ("succeeded", transaction_id)
-    expect_moved(balances, escrow=FEE_FEN, clearing=-FEE_FEN)
-    assert exists(ProviderSeen, seen_key("sandbox", "txn", transaction_id), "SEEN")
-    assert_ledger_ok()
+def handle(callback: Callback) -> Any:
+    """``callback`` handled as the route handles it (for threads: see the module's docstring)."""
+    return callbacks.handle("sandbox", callback.headers, callback.body, utc_now())
 
 
-def assert_untouched(invitation_id: str, order_id: str, balances: Balances) -> None:
-    assert transitions(invitation_id) == ["create"]
-    assert invitation(invitation_id).status == "awaiting_payment"
-    assert order(order_id).status == "pending"
-    assert postings_of(invitation_id) == {}
-    expect_moved(balances)
+def callback_or_follow_up(callback: Callback, order_id: str, job_time: datetime) -> Callable[[int], Any]:
+    """For ``race``: even threads deliver ``callback``, odd ones run the order's follow-up job at ``job_time``."""
+
+    def act(index: int) -> Any:
+        if index % 2:
+            return orders.follow_up(order(order_id), job_time)
+        return handle(callback)
+
+    return act
 
 
 # --- repeats ------------------------------------------------------------------------------------
 
 
 def test_the_same_callback_five_times_in_a_row_is_applied_once(
-    api: Any, provider: FakeProvider, unpaid: tuple[str, str, Balances]
+    api: Any, provider: FakeProvider, unpaid: Ordered
 ) -> None:
     # GIVEN one signed TRANSACTION.SUCCESS callback for the order
-    invitation_id, order_id, balances = unpaid
-    transaction_id = f"4200{uuid.uuid4().int % 10**24:024d}"
-    callback = provider.payment_callback(order_id, FEE_FEN, transaction_id=transaction_id)
+    callback = provider.payment_callback(unpaid.order_id, FEE_FEN)
 
     # WHEN the provider delivers it five times
     replies = [post_callback(api, callback) for _ in range(COPIES)]
@@ -102,12 +98,12 @@ def test_the_same_callback_five_times_in_a_row_is_applied_once(
     # THEN each delivery is acknowledged as WeChat expects (204, no body)
     assert [(reply.status_code, reply.body) for reply in replies] == [(204, b"")] * COPIES
     # AND the payment was applied once
-    assert_paid_once(invitation_id, order_id, balances, transaction_id)
+    assert_paid_once(unpaid, callback.transaction_id)
 
 
 def _deliver_together(callback: Callback) -> list[Any]:
     """``COPIES`` deliveries of ``callback`` at once, each handled as the route handles it."""
-    return race(COPIES, lambda _: callbacks.handle("sandbox", callback.headers, callback.body, utc_now()))
+    return race(COPIES, lambda _: handle(callback))
 
 
 def _retry_refused(api: Any, callback: Callback, replies: list[Any]) -> None:
@@ -120,12 +116,10 @@ def _retry_refused(api: Any, callback: Callback, replies: list[Any]) -> None:
 
 
 def test_the_same_callback_five_times_at_once_is_applied_once(
-    api: Any, provider: FakeProvider, unpaid: tuple[str, str, Balances]
+    api: Any, provider: FakeProvider, unpaid: Ordered
 ) -> None:
     # GIVEN one signed callback
-    invitation_id, order_id, balances = unpaid
-    transaction_id = f"4200{uuid.uuid4().int % 10**24:024d}"
-    callback = provider.payment_callback(order_id, FEE_FEN, transaction_id=transaction_id)
+    callback = provider.payment_callback(unpaid.order_id, FEE_FEN)
 
     # WHEN five copies arrive at the same moment
     replies = _deliver_together(callback)
@@ -134,24 +128,22 @@ def test_the_same_callback_five_times_at_once_is_applied_once(
     assert [reply.status for reply in replies].count(204) >= 1, replies
     _retry_refused(api, callback, replies)
     # AND the payment was applied once
-    assert_paid_once(invitation_id, order_id, balances, transaction_id)
+    assert_paid_once(unpaid, callback.transaction_id)
 
 
 def test_five_copies_that_all_read_the_order_as_pending_apply_it_once(
-    api: Any, provider: FakeProvider, unpaid: tuple[str, str, Balances], monkeypatch: pytest.MonkeyPatch
+    api: Any, provider: FakeProvider, unpaid: Ordered, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # GIVEN one signed callback, and five deliveries that each read the order as pending
     # before any of them writes
-    invitation_id, order_id, balances = unpaid
-    transaction_id = f"4200{uuid.uuid4().int % 10**24:024d}"
-    callback = provider.payment_callback(order_id, FEE_FEN, transaction_id=transaction_id)
+    callback = provider.payment_callback(unpaid.order_id, FEE_FEN)
     all_read = threading.Barrier(COPIES)
     seen = threading.local()
     read = orders.get
 
     def read_then_wait(wanted: str) -> PaymentOrder | None:
         found = read(wanted)
-        if wanted == order_id and not getattr(seen, "read", False):
+        if wanted == unpaid.order_id and not getattr(seen, "read", False):
             seen.read = True
             all_read.wait(timeout=30)
         return found
@@ -164,7 +156,7 @@ def test_five_copies_that_all_read_the_order_as_pending_apply_it_once(
 
     # THEN every one is acknowledged or told to retry, and the payment was applied once
     _retry_refused(api, callback, replies)
-    assert_paid_once(invitation_id, order_id, balances, transaction_id)
+    assert_paid_once(unpaid, callback.transaction_id)
 
 
 def _redeliver_until_acknowledged(api: Any, callback: Callback) -> None:
@@ -173,22 +165,15 @@ def _redeliver_until_acknowledged(api: Any, callback: Callback) -> None:
 
 
 def test_a_callback_and_the_follow_up_query_reporting_one_payment_apply_it_once(
-    api: Any, provider: FakeProvider, unpaid: tuple[str, str, Balances]
+    api: Any, provider: FakeProvider, unpaid: Ordered
 ) -> None:
     # GIVEN a payment the provider has taken; its callback and the follow-up job's query both report it
-    invitation_id, order_id, balances = unpaid
-    transaction_id = f"4200{uuid.uuid4().int % 10**24:024d}"
-    provider.mark_paid(order_id, FEE_FEN, transaction_id)
-    callback = provider.payment_callback(order_id, FEE_FEN, transaction_id=transaction_id)
-    now = utc_now()
+    transaction_id = new_transaction_id()
+    provider.mark_paid(unpaid.order_id, FEE_FEN, transaction_id)
+    callback = provider.payment_callback(unpaid.order_id, FEE_FEN, transaction_id=transaction_id)
 
     # WHEN callbacks and job steps run at the same moment
-    def act(index: int) -> Any:
-        if index % 2:
-            return orders.follow_up(order(order_id), now)
-        return callbacks.handle("sandbox", callback.headers, callback.body, utc_now())
-
-    outcomes = race(6, act)
+    outcomes = race(6, callback_or_follow_up(callback, unpaid.order_id, utc_now()))
 
     # THEN each either applied it, found it applied, or met the race (409, to be retried);
     api_errors(outcomes)
@@ -199,64 +184,53 @@ def test_a_callback_and_the_follow_up_query_reporting_one_payment_apply_it_once(
             assert outcome.status in (204, 409), outcome
     _redeliver_until_acknowledged(api, callback)
     # AND it was applied once
-    assert_paid_once(invitation_id, order_id, balances, transaction_id)
+    assert_paid_once(unpaid, transaction_id)
 
 
 def test_a_copy_that_read_the_order_before_the_payment_landed_is_a_duplicate(
-    provider: FakeProvider, unpaid: tuple[str, str, Balances], monkeypatch: pytest.MonkeyPatch
+    provider: FakeProvider, unpaid: Ordered, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # GIVEN a copy of the callback that read the order while it was pending
-    invitation_id, order_id, balances = unpaid
-    transaction_id = f"4200{uuid.uuid4().int % 10**24:024d}"
-    outcome = settlement.Outcome(order_id, "succeeded", transaction_id, FEE_FEN, "CNY")
-    before = orders.get(order_id)
+    transaction_id = new_transaction_id()
+    outcome = settlement.Outcome(unpaid.order_id, "succeeded", transaction_id, FEE_FEN, "CNY")
+    before = orders.get(unpaid.order_id)
     event_id = str(uuid.uuid4())
     # AND another copy applied the payment meanwhile
     assert settlement.apply_payment(outcome, utc_now(), event_id=event_id) == "applied"
-    monkeypatch.setattr(orders, "get", lambda wanted: before if wanted == order_id else None)
+    monkeypatch.setattr(orders, "get", lambda wanted: before if wanted == unpaid.order_id else None)
 
     # WHEN the first copy goes on
     result = settlement.apply_payment(outcome, utc_now(), event_id=event_id)
     monkeypatch.undo()
 
     # THEN nothing more moved, and it is reported as the duplicate it is
-    assert_paid_once(invitation_id, order_id, balances, transaction_id)
+    assert_paid_once(unpaid, transaction_id)
     assert result == "duplicate"
 
 
 @pytest.mark.parametrize("round_", range(3))
 def test_a_callback_racing_the_job_that_closes_the_order_is_either_applied_or_refunded_once(
-    api: Any, provider: FakeProvider, unpaid: tuple[str, str, Balances], round_: int
+    api: Any, provider: FakeProvider, unpaid: Ordered, round_: int
 ) -> None:
     # GIVEN an order at the end of its window; the job (its query says unpaid) closes it while the
     # payment's callback arrives
-    invitation_id, order_id, balances = unpaid
-    transaction_id = f"4200{uuid.uuid4().int % 10**24:024d}"
-    callback = provider.payment_callback(order_id, FEE_FEN, transaction_id=transaction_id)
+    callback = provider.payment_callback(unpaid.order_id, FEE_FEN)
     window_end = later(utc_now(), minutes=31)
 
-    def act(index: int) -> Any:
-        if index % 2:
-            return orders.follow_up(order(order_id), window_end)
-        return callbacks.handle("sandbox", callback.headers, callback.body, utc_now())
-
     # WHEN they run together, and the provider redelivers what was not acknowledged
-    outcomes = race(4, act)
+    outcomes = race(4, callback_or_follow_up(callback, unpaid.order_id, window_end))
     api_errors(outcomes)
     _redeliver_until_acknowledged(api, callback)
 
     # THEN the payment is in once; if the invitation closed first, it was refunded once
-    steps = transitions(invitation_id)
-    postings = set(postings_of(invitation_id))
+    steps = transitions(unpaid.invitation_id)
     if steps == ["create", "pay"]:
-        assert postings == {f"pay:{order_id}"}
-        expect_moved(balances, escrow=FEE_FEN, clearing=-FEE_FEN)
+        assert set(postings_of(unpaid.invitation_id)) == {f"pay:{unpaid.order_id}"}
+        expect_moved(unpaid.balances, escrow=FEE_FEN, clearing=-FEE_FEN)
     else:
         assert steps == ["create", "lapse_unpaid", "pay_after_closing", "refund"], steps
-        assert postings == {f"pay:{order_id}", f"refund:RF{invitation_id}"}
-        expect_moved(balances)
-        assert len(provider.refunds_of(f"RF{invitation_id}")) == 1
-    assert order(order_id).status == "succeeded"
+        assert_refunded_once(unpaid, provider)
+    assert order(unpaid.order_id).status == "succeeded"
     assert_ledger_ok()
 
 
@@ -305,12 +279,11 @@ def _wrong_currency(provider: FakeProvider, order_id: str) -> Callback:
 def test_a_forged_or_wrong_callback_is_refused_and_changes_nothing(
     api: Any,
     provider: FakeProvider,
-    unpaid: tuple[str, str, Balances],
+    unpaid: Ordered,
     forge: Callable[[FakeProvider, str], Callback],
 ) -> None:
     # GIVEN an order waiting for payment, and a callback that must not be believed
-    invitation_id, order_id, balances = unpaid
-    bad = forge(provider, order_id)
+    bad = forge(provider, unpaid.order_id)
 
     # WHEN it is posted (twice, as the provider would retry a refusal)
     replies = [post_callback(api, bad) for _ in range(2)]
@@ -319,33 +292,27 @@ def test_a_forged_or_wrong_callback_is_refused_and_changes_nothing(
     for reply in replies:
         assert 400 <= reply.status_code < 500, (reply.status_code, reply.body)
         assert reply.json_body["code"] == "FAIL"
-    assert_untouched(invitation_id, order_id, balances)
-    assert not exists(ProviderSeen, seen_key("sandbox", "event", _event_id(bad)), "SEEN")
+    assert_untouched(unpaid)
+    assert not exists(ProviderSeen, seen_key("sandbox", "event", bad.event_id), "SEEN")
     # AND the genuine callback that follows is applied
-    transaction_id = f"4200{uuid.uuid4().int % 10**24:024d}"
-    genuine = provider.payment_callback(order_id, FEE_FEN, transaction_id=transaction_id)
+    genuine = provider.payment_callback(unpaid.order_id, FEE_FEN)
     assert post_callback(api, genuine).status_code == 204
-    assert_paid_once(invitation_id, order_id, balances, transaction_id)
-
-
-def _event_id(callback: Callback) -> str:
-    return str(json.loads(callback.body)["id"])
+    assert_paid_once(unpaid, genuine.transaction_id)
 
 
 def test_a_callback_that_does_not_decrypt_asks_for_a_retry_and_changes_nothing(
-    api: Any, provider: FakeProvider, unpaid: tuple[str, str, Balances]
+    api: Any, provider: FakeProvider, unpaid: Ordered
 ) -> None:
     # GIVEN a callback signed with our allow-listed key but encrypted with another APIv3 key
-    invitation_id, order_id, balances = unpaid
     stranger = FakeProvider(serial=provider.serial)
-    callback = stranger.payment_callback(order_id, FEE_FEN)
+    callback = stranger.payment_callback(unpaid.order_id, FEE_FEN)
 
     reply = post_callback(api, callback)
 
     # THEN it is not acknowledged (our key or theirs changed: an alert, and WeChat retries)
     assert reply.status_code >= 400
     assert reply.json_body["code"] == "FAIL"
-    assert_untouched(invitation_id, order_id, balances)
+    assert_untouched(unpaid)
 
 
 # --- strays and stale states --------------------------------------------------------------------
@@ -366,29 +333,23 @@ def test_a_callback_for_an_order_that_is_not_ours_is_acknowledged_and_quarantine
     stored = QuarantinedEvent.get(f"QUARANTINE#sandbox#{event_id}", "EVENT", consistent_read=True)
     assert (stored.merchant_ref, stored.kind, stored.reason) == (stray_order, "payment_succeeded", "unknown_order")
     assert not exists(PaymentOrder, f"ORDER#{stray_order}", "ORDER")
-    report = check_ledger()
-    assert report.ok, report.violations
-    assert any(event_id in note for note in report.attention), report.attention
+    assert_ledger_ok_listing(event_id)
 
 
-def test_a_closed_after_success_changes_nothing(
-    api: Any, provider: FakeProvider, unpaid: tuple[str, str, Balances]
-) -> None:
+def test_a_closed_after_success_changes_nothing(api: Any, provider: FakeProvider, unpaid: Ordered) -> None:
     # GIVEN an order paid through its callback
-    invitation_id, order_id, balances = unpaid
-    transaction_id = f"4200{uuid.uuid4().int % 10**24:024d}"
-    paid = provider.payment_callback(order_id, FEE_FEN, transaction_id=transaction_id)
+    paid = provider.payment_callback(unpaid.order_id, FEE_FEN)
     assert post_callback(api, paid).status_code == 204
-    assert order(order_id).status == "succeeded"
+    assert order(unpaid.order_id).status == "succeeded"
 
     # WHEN a TRANSACTION.CLOSED for it arrives late
-    closed = provider.payment_callback(order_id, FEE_FEN, trade_state="CLOSED")
+    closed = provider.payment_callback(unpaid.order_id, FEE_FEN, trade_state="CLOSED")
     reply = post_callback(api, closed)
 
     # THEN it is acknowledged; the payment stands, flagged for an operator
     assert reply.status_code == 204
-    assert_paid_once(invitation_id, order_id, balances, transaction_id)
-    assert list(order(order_id).flags or []) == ["closed_after_success"]
+    assert_paid_once(unpaid, paid.transaction_id)
+    assert list(order(unpaid.order_id).flags or []) == ["closed_after_success"]
 
 
 @pytest.mark.parametrize("refund_mode", ["succeed", "processing"])
@@ -397,44 +358,35 @@ def test_a_payment_after_the_invitation_closed_is_refunded_by_the_original_path(
 ) -> None:
     # GIVEN an invitation nobody paid within its window, closed by the follow-up job
     drain_jobs()
-    people = make_people(admin)
-    invitation_id = invite(people)
-    balances = Balances(invitation_id, people.doctor.user_id)
-    order_id = open_order(people, invitation_id)
+    closed = ordered_invitation(make_people(admin))
     now = utc_now()
     window_end = later(now, minutes=31)
-    assert orders.follow_up(order(order_id), window_end) == "applied"
-    assert (invitation(invitation_id).status, order(order_id).status) == ("closed", "closed")
+    assert orders.follow_up(order(closed.order_id), window_end) == "applied"
+    assert (invitation(closed.invitation_id).status, order(closed.order_id).status) == ("closed", "closed")
 
     # WHEN the payer's payment lands anyway and its callback arrives
     provider.refund_mode = refund_mode
-    transaction_id = f"4200{uuid.uuid4().int % 10**24:024d}"
-    callback = provider.payment_callback(order_id, FEE_FEN, transaction_id=transaction_id)
+    callback = provider.payment_callback(closed.order_id, FEE_FEN)
     assert post_callback(api, callback).status_code == 204
 
     # THEN the money is taken in and a refund by the original path is under way
-    assert transitions(invitation_id)[:3] == ["create", "lapse_unpaid", "pay_after_closing"]
-    refund = refund_order(invitation_id)
-    assert refund is not None
-    assert (refund.payment_order_id, int(refund.amount_fen)) == (order_id, FEE_FEN)
+    assert transitions(closed.invitation_id)[:3] == ["create", "lapse_unpaid", "pay_after_closing"]
+    refund = the_refund(closed.invitation_id)
+    assert (refund.payment_order_id, int(refund.amount_fen)) == (closed.order_id, FEE_FEN)
     assert [request.out_refund_no for request in provider.refunds_of(refund.refund_no)] == [refund.refund_no]
     if refund_mode == "processing":
-        assert (invitation(invitation_id).status, refund.status) == ("refunding", "processing")
-        assert set(postings_of(invitation_id)) == {f"pay:{order_id}"}
-        expect_moved(balances, escrow=FEE_FEN, clearing=-FEE_FEN)
+        assert (invitation(closed.invitation_id).status, refund.status) == ("refunding", "processing")
+        assert set(postings_of(closed.invitation_id)) == {f"pay:{closed.order_id}"}
+        expect_moved(closed.balances, escrow=FEE_FEN, clearing=-FEE_FEN)
         # AND once the provider has paid it back, the follow-up job settles it
         provider.finish_refunds()
         deadlines.follow_up_refunds(later(now, minutes=5))
     # THEN (at the end) the payer has everything back, once, and the escrow is empty
-    assert invitation(invitation_id).status == "refunded"
-    assert refund_order(invitation_id).status == "succeeded"  # type: ignore[union-attr]
-    assert set(postings_of(invitation_id)) == {f"pay:{order_id}", f"refund:{refund.refund_no}"}
-    expect_moved(balances)
-    assert len(provider.refunds_of(refund.refund_no)) == 1
+    assert the_refund(closed.invitation_id).status == "succeeded"
+    assert_refunded_once(closed, provider)
     # AND the callback delivered again changes nothing
     assert post_callback(api, callback).status_code == 204
-    assert set(postings_of(invitation_id)) == {f"pay:{order_id}", f"refund:{refund.refund_no}"}
-    assert_ledger_ok()
+    assert_refunded_once(closed, provider)
 
 
 # --- refund callbacks ---------------------------------------------------------------------------
@@ -445,29 +397,24 @@ def test_a_refund_callback_settles_a_processing_refund_once(api: Any, people: Pe
     paid = paid_invitation(people)
     provider.refund_mode = "processing"
     service.decline(people.doctor, paid.invitation_id, "On leave that week", utc_now())
-    refund = refund_order(paid.invitation_id)
-    assert refund is not None
+    refund = the_refund(paid.invitation_id)
     assert (invitation(paid.invitation_id).status, refund.status) == ("refunding", "processing")
 
     # WHEN a refund callback with another amount arrives, then the genuine one, twice
     wrong = provider.refund_callback(refund.refund_no, paid.order_id, FEE_FEN - 100, FEE_FEN)
     refused = post_callback(api, wrong)
     assert 400 <= refused.status_code < 500
-    assert refund_order(paid.invitation_id).status == "processing"  # type: ignore[union-attr]
+    assert the_refund(paid.invitation_id).status == "processing"
     provider.finish_refunds()
     genuine = provider.refund_callback(refund.refund_no, paid.order_id, FEE_FEN, FEE_FEN)
     replies = [post_callback(api, genuine) for _ in range(2)]
 
     # THEN both are acknowledged and the refund was posted once
     assert [reply.status_code for reply in replies] == [204, 204], [reply.body for reply in replies]
-    assert invitation(paid.invitation_id).status == "refunded"
-    assert set(postings_of(paid.invitation_id)) == {f"pay:{paid.order_id}", f"refund:{refund.refund_no}"}
-    expect_moved(paid.balances)
+    assert_refunded_once(paid, provider)
     # AND the follow-up job has nothing left to do for it
     deadlines.follow_up_refunds(later(utc_now(), hours=1))
-    assert len(provider.refunds_of(refund.refund_no)) == 1
-    assert set(postings_of(paid.invitation_id)) == {f"pay:{paid.order_id}", f"refund:{refund.refund_no}"}
-    assert_ledger_ok()
+    assert_refunded_once(paid, provider)
 
 
 def test_a_refund_callback_for_a_refund_that_is_not_ours_is_quarantined(api: Any, provider: FakeProvider) -> None:
@@ -477,4 +424,4 @@ def test_a_refund_callback_for_a_refund_that_is_not_ours_is_quarantined(api: Any
     reply = post_callback(api, callback)
 
     assert reply.status_code == 204
-    assert exists(QuarantinedEvent, f"QUARANTINE#sandbox#{_event_id(callback)}", "EVENT")
+    assert exists(QuarantinedEvent, f"QUARANTINE#sandbox#{callback.event_id}", "EVENT")

@@ -18,22 +18,22 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import pytest
 from botocore.exceptions import ReadTimeoutError
 
 from chalicelib.clock import utc_now
 from chalicelib.invitations import deadlines, service
-from chalicelib.ledger.audit import check_ledger
 from chalicelib.payments import orders, refunds
 from tests.integration.flow_helpers import (
-    DOCTOR_SHARE_FEN,
     FEE_FEN,
-    PLATFORM_FEE_FEN,
-    Balances,
     Budget,
     FakeProvider,
-    assert_ledger_ok,
+    assert_accepted_once,
+    assert_ledger_ok_listing,
+    assert_paid_once,
+    assert_refunded_once,
     booked,
     cancelled_reply,
     drain_jobs,
@@ -41,14 +41,14 @@ from tests.integration.flow_helpers import (
     expect_moved,
     http,
     invitation,
-    invite,
     later,
-    open_order,
     order,
+    ordered_invitation,
     paid_invitation,
     post_callback,
     postings_of,
     refund_order,
+    the_refund,
     throttled_reply,
     throttled_wire_response,
     transact_write_hook,
@@ -58,10 +58,13 @@ from tests.integration.flow_helpers import (
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from tests.integration.flow_helpers import Paid, People
+    from tests.integration.flow_helpers import Ordered, People
+
+T = TypeVar("T")
+REASON = "Away at a conference"
 
 
-# --- hooks --------------------------------------------------------------------------------------
+# --- faults -------------------------------------------------------------------------------------
 
 
 def on_calls(numbers: set[int], fault: Callable[..., Any]) -> tuple[Callable[..., Any], Budget]:
@@ -77,6 +80,13 @@ def on_calls(numbers: set[int], fault: Callable[..., Any]) -> tuple[Callable[...
     return hook, seen
 
 
+def under_fault(stage: str, fault: Callable[..., Any], number: int, work: Callable[[], T]) -> tuple[T, Budget]:
+    """``work()`` while ``fault`` hits its TransactWriteItems call ``number`` at ``stage``; its result and the count."""
+    hook, calls = on_calls({number}, fault)
+    with transact_write_hook(stage, hook):
+        return work(), calls
+
+
 def conflict(**kwargs: Any) -> Any:
     return cancelled_reply(kwargs["params"])
 
@@ -85,30 +95,24 @@ def throttle(**_: Any) -> Any:
     return throttled_reply()
 
 
+def throttle_attempt(request: Any, **_: Any) -> Any:
+    return throttled_wire_response(request)
+
+
 def lose_answer(**_: Any) -> None:
     raise ReadTimeoutError(endpoint_url="http://dynamodb.local")
 
 
-def assert_accepted_once(people: People, paid: Paid) -> None:
-    assert transitions(paid.invitation_id) == ["create", "pay", "accept"]
-    assert set(postings_of(paid.invitation_id)) == {f"pay:{paid.order_id}", f"accept:{paid.invitation_id}"}
-    expect_moved(paid.balances, pending=DOCTOR_SHARE_FEN, fee=PLATFORM_FEE_FEN, clearing=-FEE_FEN)
-    assert booked(people) == 1
-    assert_ledger_ok()
+# --- what the doctor does, and what must hold after -----------------------------------------------
 
 
-def assert_refunded_once(paid: Paid, provider: FakeProvider, calls: int = 1) -> None:
-    refund_no = f"RF{paid.invitation_id}"
-    assert invitation(paid.invitation_id).status == "refunded"
-    assert set(postings_of(paid.invitation_id)) == {f"pay:{paid.order_id}", f"refund:{refund_no}"}
-    expect_moved(paid.balances)
-    requests = provider.refunds_of(refund_no)
-    assert len(requests) == calls
-    assert {(request.out_trade_no, request.amount_fen) for request in requests} == {(paid.order_id, FEE_FEN)}
-    assert_ledger_ok()
+def answer(api: Any, people: People, paid: Ordered, action: str, *, key: str | None = None) -> Any:
+    """The doctor's ``accept`` or ``decline`` of ``paid``, over HTTP (the raw response)."""
+    body = {"reason": REASON} if action == "decline" else None
+    return http(api, "POST", f"/v1/invitations/{paid.invitation_id}/{action}", people.doctor, body, key=key)
 
 
-def assert_still_pending(people: People, paid: Paid) -> None:
+def assert_still_pending(people: People, paid: Ordered) -> None:
     assert transitions(paid.invitation_id) == ["create", "pay"]
     assert set(postings_of(paid.invitation_id)) == {f"pay:{paid.order_id}"}
     expect_moved(paid.balances, escrow=FEE_FEN, clearing=-FEE_FEN)
@@ -118,26 +122,26 @@ def assert_still_pending(people: People, paid: Paid) -> None:
 # --- a transaction cancelled by a concurrent one, or throttled ----------------------------------
 
 
-def test_a_conflicted_acceptance_answers_409_conflict_and_a_retry_accepts_once(
-    api: Any, people: People, provider: FakeProvider
+@pytest.mark.parametrize("fault", [conflict, throttle], ids=["conflicted", "throttled"])
+def test_a_conflicted_or_throttled_acceptance_answers_409_conflict_not_500_and_a_retry_accepts_once(
+    api: Any, people: People, provider: FakeProvider, fault: Callable[..., Any]
 ) -> None:
-    # GIVEN a paid invitation, and DynamoDB cancelling the next transaction for a conflict
+    # GIVEN a paid invitation, and DynamoDB cancelling the next transaction for a conflict, or
+    # throttling it even after the SDK's retries
     paid = paid_invitation(people)
-    path = f"/v1/invitations/{paid.invitation_id}/accept"
-    hook, calls = on_calls({1}, conflict)
 
     # WHEN the doctor accepts
-    with transact_write_hook("before-call", hook):
-        first = http(api, "POST", path, people.doctor)
+    first, calls = under_fault("before-call", fault, 1, lambda: answer(api, people, paid, "accept"))
 
-    # THEN the answer is 409 conflict (retry), and nothing changed
+    # THEN nothing changed, and the money is where it was, whatever the answer
     assert calls.spent == 1
-    assert (first.status_code, error_code(first)) == (409, "conflict"), first.json_body
     assert_still_pending(people, paid)
     # AND the retry accepts, once
-    second = http(api, "POST", path, people.doctor)
+    second = answer(api, people, paid, "accept")
     assert second.status_code == 200, second.json_body
     assert_accepted_once(people, paid)
+    # AND the first answer told the client to retry
+    assert (first.status_code, error_code(first)) == (409, "conflict"), first.json_body
 
 
 def test_a_throttled_attempt_is_retried_by_the_sdk_and_the_acceptance_succeeds_once(
@@ -145,66 +149,33 @@ def test_a_throttled_attempt_is_retried_by_the_sdk_and_the_acceptance_succeeds_o
 ) -> None:
     # GIVEN DynamoDB throttling the first HTTP attempt of the next transaction
     paid = paid_invitation(people)
-    throttled = Budget(1)
-
-    def hook(request: Any, **_: Any) -> Any:
-        return throttled_wire_response(request) if throttled.take() else None
 
     # WHEN the doctor accepts
-    with transact_write_hook("before-send", hook):
-        response = http(api, "POST", f"/v1/invitations/{paid.invitation_id}/accept", people.doctor)
+    response, attempts = under_fault("before-send", throttle_attempt, 1, lambda: answer(api, people, paid, "accept"))
 
     # THEN botocore retried it and the call succeeded, once
-    assert throttled.spent == 1
+    assert attempts.spent >= 2
     assert response.status_code == 200, response.json_body
     assert_accepted_once(people, paid)
 
 
-def test_a_throttled_acceptance_answers_409_conflict_not_500(api: Any, people: People, provider: FakeProvider) -> None:
-    # GIVEN DynamoDB throttling the transaction even after the SDK's retries
-    paid = paid_invitation(people)
-    hook, calls = on_calls({1}, throttle)
-    path = f"/v1/invitations/{paid.invitation_id}/accept"
-
-    with transact_write_hook("before-call", hook):
-        first = http(api, "POST", path, people.doctor)
-
-    # THEN nothing changed, and the money is where it was, whatever the answer
-    assert calls.spent == 1
-    assert_still_pending(people, paid)
-    second = http(api, "POST", path, people.doctor)
-    assert second.status_code == 200, second.json_body
-    assert_accepted_once(people, paid)
-    # AND the first answer told the client to retry
-    assert (first.status_code, error_code(first)) == (409, "conflict"), first.json_body
-
-
 def test_a_conflicted_payment_callback_is_refused_with_409_and_applied_once_on_redelivery(
-    api: Any, people: People, provider: FakeProvider
+    api: Any, provider: FakeProvider, unpaid: Ordered
 ) -> None:
     # GIVEN an opened order and its genuine callback, and a conflict on the next transaction
-    invitation_id = invite(people)
-    balances = Balances(invitation_id, people.doctor.user_id)
-    order_id = open_order(people, invitation_id)
-    callback = provider.payment_callback(order_id, FEE_FEN)
-    hook, calls = on_calls({1}, conflict)
+    callback = provider.payment_callback(unpaid.order_id, FEE_FEN)
 
-    with transact_write_hook("before-call", hook):
-        first = post_callback(api, callback)
+    first, calls = under_fault("before-call", conflict, 1, lambda: post_callback(api, callback))
 
     # THEN the provider is told to retry (409 FAIL), and nothing changed
     assert calls.spent == 1
     assert first.status_code == 409, first.body
     assert first.json_body["code"] == "FAIL"
-    assert (order(order_id).status, invitation(invitation_id).status) == ("pending", "awaiting_payment")
-    assert postings_of(invitation_id) == {}
+    assert (order(unpaid.order_id).status, invitation(unpaid.invitation_id).status) == ("pending", "awaiting_payment")
+    assert postings_of(unpaid.invitation_id) == {}
     # AND the redelivery is acknowledged and applied once
-    assert post_callback(api, callback).status_code == 204
-    assert post_callback(api, callback).status_code == 204
-    assert transitions(invitation_id) == ["create", "pay"]
-    assert set(postings_of(invitation_id)) == {f"pay:{order_id}"}
-    expect_moved(balances, escrow=FEE_FEN, clearing=-FEE_FEN)
-    assert_ledger_ok()
+    assert [post_callback(api, callback).status_code for _ in range(2)] == [204, 204]
+    assert_paid_once(unpaid, callback.transaction_id)
 
 
 def test_a_conflicted_decline_changes_nothing_and_a_retry_refunds_once(
@@ -212,20 +183,17 @@ def test_a_conflicted_decline_changes_nothing_and_a_retry_refunds_once(
 ) -> None:
     # GIVEN a paid invitation, and a conflict on the decline's transaction
     paid = paid_invitation(people)
-    path = f"/v1/invitations/{paid.invitation_id}/decline"
-    hook, calls = on_calls({1}, conflict)
 
-    with transact_write_hook("before-call", hook):
-        first = http(api, "POST", path, people.doctor, {"reason": "Away at a conference"})
+    first, calls = under_fault("before-call", conflict, 1, lambda: answer(api, people, paid, "decline"))
 
     # THEN 409 conflict; no refund order, the provider was not asked
     assert calls.spent == 1
     assert (first.status_code, error_code(first)) == (409, "conflict"), first.json_body
     assert_still_pending(people, paid)
     assert refund_order(paid.invitation_id) is None
-    assert provider.refunds_of(f"RF{paid.invitation_id}") == []
+    assert provider.refunds_of(paid.refund_no) == []
     # AND the retry declines and refunds, once
-    second = http(api, "POST", path, people.doctor, {"reason": "Away at a conference"})
+    second = answer(api, people, paid, "decline")
     assert second.status_code == 200, second.json_body
     assert transitions(paid.invitation_id) == ["create", "pay", "decline", "refund"]
     assert_refunded_once(paid, provider)
@@ -237,18 +205,13 @@ def test_a_conflict_while_settling_the_refund_does_not_fail_the_committed_declin
     # GIVEN a paid invitation; the decline's transaction goes through, the refund settlement's conflicts
     drain_jobs()
     paid = paid_invitation(people)
-    path = f"/v1/invitations/{paid.invitation_id}/decline"
-    hook, calls = on_calls({2}, conflict)
 
-    with transact_write_hook("before-call", hook):
-        first = http(api, "POST", path, people.doctor, {"reason": "Away at a conference"})
+    first, calls = under_fault("before-call", conflict, 2, lambda: answer(api, people, paid, "decline"))
 
     # THEN the decline stands and the refund is not lost: the job settles it, once
     assert calls.spent >= 2
     assert transitions(paid.invitation_id) == ["create", "pay", "decline"]
-    refund = refund_order(paid.invitation_id)
-    assert refund is not None
-    assert refund.status == "requested"
+    assert the_refund(paid.invitation_id).status == "requested"
     deadlines.follow_up_refunds(later(utc_now(), minutes=1))
     assert_refunded_once(paid, provider, calls=2)
     # AND the doctor was told the decline happened
@@ -263,17 +226,15 @@ def test_an_acceptance_whose_answer_was_lost_is_not_repeated_by_the_retry(
 ) -> None:
     # GIVEN a paid invitation; the acceptance's transaction commits but its answer is lost
     paid = paid_invitation(people)
-    path, key = f"/v1/invitations/{paid.invitation_id}/accept", f"acc-{uuid.uuid4().hex}"
-    hook, calls = on_calls({1}, lose_answer)
+    key = f"acc-{uuid.uuid4().hex}"
 
-    with transact_write_hook("after-call", hook):
-        first = http(api, "POST", path, people.doctor, key=key)
+    first, calls = under_fault("after-call", lose_answer, 1, lambda: answer(api, people, paid, "accept", key=key))
 
     # THEN the first answer is an error (the server cannot know the outcome)
     assert calls.spent == 1
     assert first.status_code >= 500, first.json_body
     # AND the retry (same key) does not accept a second time: one posting, one unit of capacity
-    second = http(api, "POST", path, people.doctor, key=key)
+    second = answer(api, people, paid, "accept", key=key)
     assert second.status_code in (200, 409), second.json_body
     if second.status_code == 409:
         assert error_code(second) == "invalid_transition"
@@ -282,27 +243,19 @@ def test_an_acceptance_whose_answer_was_lost_is_not_repeated_by_the_retry(
 
 
 def test_a_payment_callback_whose_answer_was_lost_is_applied_once_on_redelivery(
-    api: Any, people: People, provider: FakeProvider
+    api: Any, provider: FakeProvider, unpaid: Ordered
 ) -> None:
     # GIVEN an opened order; the payment's transaction commits but its answer is lost
-    invitation_id = invite(people)
-    balances = Balances(invitation_id, people.doctor.user_id)
-    order_id = open_order(people, invitation_id)
-    callback = provider.payment_callback(order_id, FEE_FEN)
-    hook, calls = on_calls({1}, lose_answer)
+    callback = provider.payment_callback(unpaid.order_id, FEE_FEN)
 
-    with transact_write_hook("after-call", hook):
-        first = post_callback(api, callback)
+    first, calls = under_fault("after-call", lose_answer, 1, lambda: post_callback(api, callback))
 
     # THEN the provider is not told it succeeded (it will deliver again)
     assert calls.spent == 1
     assert first.status_code >= 500, first.body
     # AND the redeliveries are acknowledged without a second posting
     assert [post_callback(api, callback).status_code for _ in range(2)] == [204, 204]
-    assert transitions(invitation_id) == ["create", "pay"]
-    assert set(postings_of(invitation_id)) == {f"pay:{order_id}"}
-    expect_moved(balances, escrow=FEE_FEN, clearing=-FEE_FEN)
-    assert_ledger_ok()
+    assert_paid_once(unpaid, callback.transaction_id)
 
 
 def test_a_late_payment_whose_answer_was_lost_is_still_refunded_once(
@@ -310,16 +263,12 @@ def test_a_late_payment_whose_answer_was_lost_is_still_refunded_once(
 ) -> None:
     # GIVEN an invitation closed unpaid; its late payment's transaction commits but the answer is lost
     drain_jobs()
-    invitation_id = invite(people)
-    balances = Balances(invitation_id, people.doctor.user_id)
-    order_id = open_order(people, invitation_id)
+    closed = ordered_invitation(people)
     now = utc_now()
-    assert orders.follow_up(order(order_id), later(now, minutes=31)) == "applied"
-    callback = provider.payment_callback(order_id, FEE_FEN)
-    hook, calls = on_calls({1}, lose_answer)
+    assert orders.follow_up(order(closed.order_id), later(now, minutes=31)) == "applied"
+    callback = provider.payment_callback(closed.order_id, FEE_FEN)
 
-    with transact_write_hook("after-call", hook):
-        first = post_callback(api, callback)
+    first, calls = under_fault("after-call", lose_answer, 1, lambda: post_callback(api, callback))
 
     assert calls.spent == 1
     assert first.status_code >= 500, first.body
@@ -328,12 +277,7 @@ def test_a_late_payment_whose_answer_was_lost_is_still_refunded_once(
     deadlines.follow_up_refunds(later(now, minutes=1))
 
     # THEN the payment was taken in once and refunded once: the refund was not lost
-    refund_no = f"RF{invitation_id}"
-    assert invitation(invitation_id).status == "refunded"
-    assert set(postings_of(invitation_id)) == {f"pay:{order_id}", f"refund:{refund_no}"}
-    expect_moved(balances)
-    assert len(provider.refunds_of(refund_no)) == 1
-    assert_ledger_ok()
+    assert_refunded_once(closed, provider)
 
 
 def test_a_refund_settlement_whose_answer_was_lost_is_not_posted_again(
@@ -344,14 +288,14 @@ def test_a_refund_settlement_whose_answer_was_lost_is_not_posted_again(
     paid = paid_invitation(people)
     provider.refund_mode = "processing"
     now = utc_now()
-    service.decline(people.doctor, paid.invitation_id, "Away at a conference", now)
+    service.decline(people.doctor, paid.invitation_id, REASON, now)
     assert invitation(paid.invitation_id).status == "refunding"
     provider.finish_refunds()
-    hook, calls = on_calls({1}, lose_answer)
 
     # WHEN the job settles it, and the settlement's answer is lost
-    with transact_write_hook("after-call", hook):
-        report = deadlines.follow_up_refunds(later(now, minutes=2))
+    report, calls = under_fault(
+        "after-call", lose_answer, 1, lambda: deadlines.follow_up_refunds(later(now, minutes=2))
+    )
 
     # THEN the job counts a failure, and the settlement had committed
     assert calls.spent == 1
@@ -359,8 +303,7 @@ def test_a_refund_settlement_whose_answer_was_lost_is_not_posted_again(
     assert invitation(paid.invitation_id).status == "refunded"
     # WHEN the job runs again and the provider's refund callback arrives, twice
     deadlines.follow_up_refunds(later(now, minutes=30))
-    refund_no = f"RF{paid.invitation_id}"
-    callback = provider.refund_callback(refund_no, paid.order_id, FEE_FEN, FEE_FEN)
+    callback = provider.refund_callback(paid.refund_no, paid.order_id, FEE_FEN, FEE_FEN)
     assert [post_callback(api, callback).status_code for _ in range(2)] == [204, 204]
 
     # THEN the refund was posted once
@@ -374,15 +317,12 @@ def test_a_decline_whose_refund_settlement_answer_was_lost_is_not_refunded_twice
     # GIVEN a paid invitation; the decline commits, the refund settlement commits but its answer is lost
     drain_jobs()
     paid = paid_invitation(people)
-    path = f"/v1/invitations/{paid.invitation_id}/decline"
-    hook, calls = on_calls({2}, lose_answer)
 
-    with transact_write_hook("after-call", hook):
-        first = http(api, "POST", path, people.doctor, {"reason": "Away at a conference"})
+    first, calls = under_fault("after-call", lose_answer, 2, lambda: answer(api, people, paid, "decline"))
 
     assert calls.spent >= 2
     # WHEN the doctor retries and the refund job runs
-    second = http(api, "POST", path, people.doctor, {"reason": "Away at a conference"})
+    second = answer(api, people, paid, "decline")
     assert (second.status_code, error_code(second)) == (409, "invalid_transition"), second.json_body
     deadlines.follow_up_refunds(later(utc_now(), hours=1))
 
@@ -396,28 +336,31 @@ def test_a_decline_whose_refund_settlement_answer_was_lost_is_not_refunded_twice
 # --- refund follow-up ---------------------------------------------------------------------------
 
 
-def _due_at(paid: Paid) -> datetime:
-    refund = refund_order(paid.invitation_id)
-    assert refund is not None
-    return datetime.fromisoformat(refund.due_at)
+def _due_at(paid: Ordered) -> datetime:
+    return datetime.fromisoformat(the_refund(paid.invitation_id).due_at)
+
+
+def paid_while_refunds_fail(people: People, provider: FakeProvider) -> Ordered:
+    """A paid invitation (the jobs' queues drained first), and a provider that times out on refunds."""
+    drain_jobs()
+    paid = paid_invitation(people)
+    provider.refund_mode = "fail"
+    return paid
 
 
 def test_a_refund_the_provider_failed_stays_requested_and_settles_once_when_it_recovers(
     people: People, provider: FakeProvider
 ) -> None:
     # GIVEN a paid invitation and a provider that times out on refunds
-    drain_jobs()
-    paid = paid_invitation(people)
-    provider.refund_mode = "fail"
+    paid = paid_while_refunds_fail(people, provider)
     now = utc_now()
 
     # WHEN the doctor declines
-    declined = service.decline(people.doctor, paid.invitation_id, "Away at a conference", now)
+    declined = service.decline(people.doctor, paid.invitation_id, REASON, now)
 
     # THEN the decline stands; the refund is requested, its failure counted, its next try due later
     assert declined["status"] == "declined"
-    refund = refund_order(paid.invitation_id)
-    assert refund is not None
+    refund = the_refund(paid.invitation_id)
     assert (refund.status, int(refund.attempts), bool(refund.needs_attention)) == ("requested", 1, False)
     assert "SYSTEM_ERROR" in (refund.last_error or "")
     assert _due_at(paid) > now
@@ -433,25 +376,21 @@ def test_a_refund_the_provider_failed_stays_requested_and_settles_once_when_it_r
     # THEN it settled exactly once, sent each time with the same number
     assert_refunded_once(paid, provider, calls=2)
     assert transitions(paid.invitation_id) == ["create", "pay", "decline", "refund"]
-    assert refund_order(paid.invitation_id).attempts == 1  # type: ignore[union-attr]
+    assert the_refund(paid.invitation_id).attempts == 1
 
 
 def test_a_refund_that_keeps_failing_is_listed_for_an_operator_and_never_lost(
     people: People, provider: FakeProvider
 ) -> None:
     # GIVEN a declined invitation whose refund failed once
-    drain_jobs()
-    paid = paid_invitation(people)
-    provider.refund_mode = "fail"
-    service.decline(people.doctor, paid.invitation_id, "Away at a conference", utc_now())
-    refund_no = f"RF{paid.invitation_id}"
+    paid = paid_while_refunds_fail(people, provider)
+    service.decline(people.doctor, paid.invitation_id, REASON, utc_now())
 
     # WHEN the job retries it each time it is due, and the provider keeps failing
     for attempt in range(2, refunds.ATTENTION_AFTER + 1):
         due = _due_at(paid)
         deadlines.follow_up_refunds(later(due, seconds=1))
-        refund = refund_order(paid.invitation_id)
-        assert refund is not None
+        refund = the_refund(paid.invitation_id)
         assert int(refund.attempts) == attempt
         assert datetime.fromisoformat(refund.due_at) > due
         assert bool(refund.needs_attention) == (attempt >= refunds.ATTENTION_AFTER)
@@ -459,14 +398,12 @@ def test_a_refund_that_keeps_failing_is_listed_for_an_operator_and_never_lost(
     # THEN after five failures it is listed for an operator, still requested, still queued
     assert int(refund.attempts) == refunds.ATTENTION_AFTER
     assert refund.status == "requested"
-    assert refund_no in {item.refund_no for item in refunds.needing_attention()}
-    report = check_ledger()
-    assert report.ok, report.violations
-    assert any(refund_no in note for note in report.attention), report.attention
-    assert len(provider.refunds_of(refund_no)) == refunds.ATTENTION_AFTER
+    assert paid.refund_no in {item.refund_no for item in refunds.needing_attention()}
+    assert_ledger_ok_listing(paid.refund_no)
+    assert len(provider.refunds_of(paid.refund_no)) == refunds.ATTENTION_AFTER
     expect_moved(paid.balances, escrow=FEE_FEN, clearing=-FEE_FEN)
     # AND when the provider recovers, the job settles it once and the operator's list clears
     provider.refund_mode = "succeed"
     deadlines.follow_up_refunds(later(_due_at(paid), seconds=1))
-    assert refund_no not in {item.refund_no for item in refunds.needing_attention()}
+    assert paid.refund_no not in {item.refund_no for item in refunds.needing_attention()}
     assert_refunded_once(paid, provider, calls=refunds.ATTENTION_AFTER + 1)

@@ -23,9 +23,10 @@ from tests.integration.flow_helpers import (
     FEE_FEN,
     PLATFORM_FEE_FEN,
     FakeProvider,
-    Paid,
     api_errors,
+    assert_accepted_once,
     assert_ledger_ok,
+    assert_refunded_once,
     booked,
     drain_jobs,
     error_code,
@@ -39,13 +40,14 @@ from tests.integration.flow_helpers import (
     postings_of,
     race,
     refund_order,
+    the_refund,
     transitions,
     until_settled,
 )
 
 if TYPE_CHECKING:
     from chalicelib.accounts.roles import Principal
-    from tests.integration.flow_helpers import People
+    from tests.integration.flow_helpers import Ordered, People
 
 THREADS = 20
 ACTIONS = ("accept", "decline", "cancel", "expire")
@@ -96,25 +98,17 @@ def _fire(people: People, invitation_id: str, index: int, now: datetime, late: d
     return service.expire(engine.load(invitation_id), late).status
 
 
-def _assert_one_outcome(people: People, paid: Paid, winner: str) -> None:
+def _assert_one_outcome(people: People, paid: Ordered, winner: str, provider: FakeProvider) -> None:
     invitation_id = paid.invitation_id
-    steps = transitions(invitation_id)
-    postings = set(postings_of(invitation_id))
     if winner == "accept":
-        assert steps == ["create", "pay", "accept"]
         assert invitation(invitation_id).status == "accepted"
-        assert postings == {f"pay:{paid.order_id}", f"accept:{invitation_id}"}
-        expect_moved(paid.balances, pending=DOCTOR_SHARE_FEN, fee=PLATFORM_FEE_FEN, clearing=-FEE_FEN)
-        assert booked(people) == 1
+        assert_accepted_once(people, paid)
         assert refund_order(invitation_id) is None
     else:
-        assert steps == ["create", "pay", winner, "refund"]
-        assert invitation(invitation_id).status == "refunded"
-        assert postings == {f"pay:{paid.order_id}", f"refund:RF{invitation_id}"}
-        expect_moved(paid.balances)  # everything went back the way it came
+        assert transitions(invitation_id) == ["create", "pay", winner, "refund"]
+        assert_refunded_once(paid, provider)  # everything went back the way it came
         assert booked(people) == 0
-        refund = refund_order(invitation_id)
-        assert refund is not None
+        refund = the_refund(invitation_id)
         assert (refund.status, int(refund.amount_fen)) == ("succeeded", FEE_FEN)
 
 
@@ -152,7 +146,7 @@ def test_twenty_threads_that_all_saw_pending_response_leave_exactly_one_outcome(
     assert {(error.status, error.code) for error in errors} <= {(409, "invalid_transition"), (409, "conflict")}
     assert len(errors) == THREADS - 1
     # AND the money moved once, by the winner's path only
-    _assert_one_outcome(people, paid, winners[0])
+    _assert_one_outcome(people, paid, winners[0], provider)
     assert len(provider.refunds_of(f"RF{invitation_id}")) == (0 if winners[0] == "accept" else 1)
     assert_ledger_ok()
 
@@ -280,9 +274,7 @@ def test_accepting_twice_with_one_key_replays_the_answer_and_posts_once(
     assert first.status_code == 200, first.json_body
     assert first.json_body["status"] == "accepted"
     assert (second.status_code, second.json_body) == (200, first.json_body)
-    assert set(postings_of(invitation_id)) == {f"pay:{paid.order_id}", f"accept:{invitation_id}"}
-    expect_moved(paid.balances, pending=DOCTOR_SHARE_FEN, fee=PLATFORM_FEE_FEN, clearing=-FEE_FEN)
-    assert booked(people) == 1
+    assert_accepted_once(people, paid)
     # AND the same key with a body is another request: refused
     other = http(api, "POST", path, people.doctor, {"note": "again"}, key=key)
     assert (other.status_code, error_code(other)) == (409, "idempotency_key_reused")
@@ -361,8 +353,7 @@ def test_a_late_cancellation_after_acceptance_refunds_half_and_frees_the_date(
     kept_fee = (kept * 1000 + 5000) // 10_000  # 2,500
     assert (preview["rule"], preview["refund_fen"], preview["kept_fen"]) == ("late_cancellation", refund_fen, kept)
     assert cancelled["status"] == "refunded"
-    refund = refund_order(paid.invitation_id)
-    assert refund is not None
+    refund = the_refund(paid.invitation_id)
     assert int(refund.amount_fen) == refund_fen
     assert [request.amount_fen for request in provider.refunds_of(refund.refund_no)] == [refund_fen]
     expect_moved(paid.balances, available=kept - kept_fee, fee=kept_fee, clearing=-kept)

@@ -7,6 +7,9 @@ admin, a verified doctor with a working day, a patient); ``paid_invitation`` cre
 invitation over HTTP, opens its payment order and applies the provider's success through
 ``settlement.apply_payment`` — the path a verified callback takes.
 
+The fixtures ``fake`` (the provider, installed) and ``flow`` (the people) are defined here
+for the flow test modules, which import ``fake_provider_fixture`` and ``flow_fixture``.
+
 Example
 -------
 >>> with installed() as fake:  # doctest: +SKIP
@@ -24,7 +27,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from chalicelib.clock import shanghai_date
+import pytest
+
+from chalicelib.clock import SHANGHAI, shanghai_date
 from chalicelib.ledger import accounts
 from chalicelib.ledger.journal import balance
 from chalicelib.models.invitations import Notice
@@ -40,10 +45,10 @@ from chalicelib.payments.provider import (
     RefundState,
     RefundStatus,
 )
-from tests.unit.actors import call, expect, make_admin, make_verified_doctor, register, seed_hospitals
+from tests.unit.actors import call, expect, freeze_clock, make_admin, make_verified_doctor, register, seed_hospitals
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping
+    from collections.abc import Callable, Iterator, Mapping
 
     from chalice.test import Client
 
@@ -117,8 +122,27 @@ class Flow:
     day: str
 
 
+@pytest.fixture(name="fake")
+def fake_provider_fixture(client: Client) -> Iterator[FakeProvider]:
+    """A ``FakeProvider`` installed as the sandbox channel for the test."""
+    with installed() as provider:
+        yield provider
+
+
+@pytest.fixture(name="flow")
+def flow_fixture(client: Client, fake: FakeProvider) -> Flow:
+    """``make_flow``'s people, with ``fake`` installed."""
+    return make_flow(client)
+
+
 def day_ahead(days: int = DAYS_AHEAD) -> str:
     return (shanghai_date(datetime.now(UTC)) + timedelta(days=days)).isoformat()
+
+
+def evening_before(day: str, hour: int) -> datetime:
+    """``hour``:00 in Shanghai on the day before ``day`` (``YYYY-MM-DD``)."""
+    date = datetime.fromisoformat(day).date()
+    return datetime(date.year, date.month, date.day, hour, 0, tzinfo=SHANGHAI) - timedelta(days=1)
 
 
 def set_day(
@@ -221,6 +245,12 @@ def paid_invitation(
     return read(client, requester, invitation["invitation_id"])
 
 
+def accepted(client: Client, flow: Flow, **changes: Any) -> dict[str, Any]:
+    """A paid invitation (``paid_invitation``'s ``changes``) the doctor has accepted; the doctor's answer."""
+    invitation = paid_invitation(client, flow, **changes)
+    return expect(act(client, flow.doctor, invitation["invitation_id"], "accept"), 200)
+
+
 def read(client: Client, actor: Actor, invitation_id: str) -> dict[str, Any]:
     return expect(call(client, "GET", f"/v1/invitations/{invitation_id}", actor), 200)
 
@@ -232,6 +262,46 @@ def act(client: Client, actor: Actor, invitation_id: str, action: str, body: dic
 
 def scheduled_at(invitation: dict[str, Any]) -> datetime:
     return datetime.fromisoformat(invitation["scheduled_at"])
+
+
+def complete_after(
+    client: Client, flow: Flow, invitation: dict[str, Any], monkeypatch: pytest.MonkeyPatch, after: timedelta
+) -> tuple[dict[str, Any], datetime]:
+    """The doctor completes the accepted ``invitation`` ``after`` its scheduled time; the answer, and that instant.
+
+    The handlers' clock stays frozen at that instant.
+    """
+    done_at = scheduled_at(invitation) + after
+    freeze_clock(monkeypatch, done_at)
+    return expect(act(client, flow.doctor, invitation["invitation_id"], "complete"), 200), done_at
+
+
+def completed(
+    client: Client, flow: Flow, monkeypatch: pytest.MonkeyPatch, after: timedelta, **changes: Any
+) -> tuple[dict[str, Any], datetime]:
+    """An ``accepted`` invitation (``changes`` as for ``paid_invitation``) completed ``after`` its scheduled time.
+
+    The doctor's answer to the completion, and that instant (the handlers' clock stays frozen there).
+    """
+    return complete_after(client, flow, accepted(client, flow, **changes), monkeypatch, after)
+
+
+def every_page(fetch: Callable[[str], dict[str, Any]], limit: int, key: str) -> list[str]:
+    """``key`` of every item of a list read ``limit`` at a time, following ``next_cursor`` to the end.
+
+    ``fetch(query)`` answers one page for a query string such as ``?limit=2&cursor=...``.
+    """
+    seen: list[str] = []
+    cursor = None
+    for _ in range(5):  # the tests' lists are a few pages long
+        page = fetch(f"?limit={limit}" + (f"&cursor={cursor}" if cursor else ""))
+        assert len(page["items"]) <= limit
+        seen += [item[key] for item in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert cursor is None, "more pages than expected"
+    return seen
 
 
 def notices(invitation_id: str) -> list[tuple[str, str]]:
@@ -259,12 +329,19 @@ __all__ = [
     "FEE",
     "FakeProvider",
     "Flow",
+    "accepted",
     "act",
     "balance",
     "clearing",
+    "complete_after",
+    "completed",
     "create_invitation",
     "day_ahead",
+    "evening_before",
+    "every_page",
+    "fake_provider_fixture",
     "fees",
+    "flow_fixture",
     "installed",
     "make_flow",
     "notices",

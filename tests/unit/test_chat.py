@@ -12,38 +12,25 @@ from chalicelib.ledger.audit import check_ledger
 from chalicelib.models.invitations import Invitation
 from tests.unit.actors import call, expect, freeze_clock, make_verified_doctor, register
 from tests.unit.flow_actors import (
-    FakeProvider,
     act,
+    completed,
     create_invitation,
-    installed,
-    make_flow,
+    every_page,
+    fake_provider_fixture,  # noqa: F401  (the ``fake`` fixture)
+    flow_fixture,  # noqa: F401  (the ``flow`` fixture)
     notices,
     paid_invitation,
     read,
     request_body,
-    scheduled_at,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from chalice.test import Client
 
     from tests.unit.actors import Actor
     from tests.unit.flow_actors import Flow
 
 FASTED = "\u5df2\u7981\u98df\uff0c\u665a\u4e0a\u5341\u70b9\u540e\u672a\u8fdb\u98df"  # 已禁食，晚上十点后未进食
-
-
-@pytest.fixture
-def fake(client: Client) -> Iterator[FakeProvider]:
-    with installed() as provider:
-        yield provider
-
-
-@pytest.fixture
-def flow(client: Client, fake: FakeProvider) -> Flow:
-    return make_flow(client)
 
 
 def messages_path(invitation_id: str) -> str:
@@ -125,12 +112,8 @@ def test_the_chat_closes_seven_days_after_the_invitation_ended(
 def test_the_chat_runs_until_seven_days_after_completion(
     client: Client, flow: Flow, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    invitation = paid_invitation(client, flow)
+    invitation, done = completed(client, flow, monkeypatch, timedelta(hours=2))
     invitation_id = invitation["invitation_id"]
-    expect(act(client, flow.doctor, invitation_id, "accept"), 200)
-    done = scheduled_at(invitation) + timedelta(hours=2)
-    freeze_clock(monkeypatch, done)
-    expect(act(client, flow.doctor, invitation_id, "complete"), 200)
     # confirmation later does not move the end of the chat
     freeze_clock(monkeypatch, done + timedelta(days=2))
     expect(act(client, flow.patient, invitation_id, "confirm"), 200)
@@ -171,17 +154,9 @@ def test_messages_come_newest_first_a_page_at_a_time(
         author = flow.patient if minute % 2 == 0 else flow.doctor
         sent.append(expect(post(client, author, invitation_id, f"message {minute}"), 201)["message_id"])
     # WHEN the doctor reads two at a time
-    seen: list[str] = []
-    cursor = None
-    for _ in range(5):
-        page = history(client, flow.doctor, invitation_id, "?limit=2" + (f"&cursor={cursor}" if cursor else ""))
-        assert len(page["items"]) <= 2
-        seen += [item["message_id"] for item in page["items"]]
-        cursor = page["next_cursor"]
-        if cursor is None:
-            break
+    seen = every_page(lambda query: history(client, flow.doctor, invitation_id, query), 2, "message_id")
     # THEN they come newest first, each once
-    assert seen == list(reversed(sent)) and cursor is None
+    assert seen == list(reversed(sent))
     # a tampered cursor, or one of another chat, is refused
     valid = history(client, flow.doctor, invitation_id, "?limit=2")["next_cursor"]
     tampered = ("A" if valid[0] != "A" else "B") + valid[1:]

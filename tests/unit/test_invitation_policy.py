@@ -64,16 +64,21 @@ def test_split_fee_examples(fee: int, bps: int, expected: tuple[int, int]) -> No
 # --- the response deadline -------------------------------------------------------------------
 
 
-def test_response_deadline_is_the_answer_window_when_the_operation_is_far() -> None:
+@pytest.mark.parametrize(
+    ("paid_before", "deadline"),
+    [
+        # the operation is far: the answer window (24 h after payment)
+        (timedelta(days=5), SCHEDULED - timedelta(days=5) + timedelta(hours=24)),
+        # the margin before the operation comes first (12 h before it)
+        (timedelta(hours=20), SCHEDULED - timedelta(hours=12)),
+    ],
+    ids=["answer_window", "margin_before_the_operation"],
+)
+def test_response_deadline_is_the_answer_window_or_the_margin_before_the_operation_whichever_is_first(
+    paid_before: timedelta, deadline: datetime
+) -> None:
     rules = settings(response_hours=24, response_margin_hours=12)
-    paid = SCHEDULED - timedelta(days=5)
-    assert policy.response_deadline(paid, SCHEDULED, rules) == paid + timedelta(hours=24)
-
-
-def test_response_deadline_is_the_margin_before_the_operation_when_that_comes_first() -> None:
-    rules = settings(response_hours=24, response_margin_hours=12)
-    paid = SCHEDULED - timedelta(hours=20)
-    assert policy.response_deadline(paid, SCHEDULED, rules) == SCHEDULED - timedelta(hours=12)
+    assert policy.response_deadline(SCHEDULED - paid_before, SCHEDULED, rules) == deadline
 
 
 def test_response_deadline_at_the_crossover_and_under_other_settings() -> None:
@@ -126,21 +131,30 @@ def names(rules: Settings | None = None) -> dict[str, str]:
     }
 
 
-def test_before_acceptance_everything_comes_back_from_escrow_even_at_the_last_minute() -> None:
-    account = names()
-    for now in (SCHEDULED - timedelta(days=10), SCHEDULED - timedelta(minutes=1)):
-        refund = quote(accepted=False, now=now)
-        assert (refund.refund_fen, refund.kept_fen, refund.rule) == (300_000, 0, "not_accepted")
-        assert refund.entries == {account["escrow"]: -300_000, account["clearing"]: 300_000}
+FROM_ESCROW = {"escrow": -300_000, "clearing": 300_000}
+FROM_DOCTOR_AND_FEE = {"pending": -270_000, "fees": -30_000, "clearing": 300_000}
 
 
-def test_an_early_cancellation_after_acceptance_refunds_everything_from_the_doctor_and_the_fee() -> None:
+@pytest.mark.parametrize(
+    ("accepted", "before", "rule", "entries"),
+    [
+        # before acceptance everything comes back from escrow, even at the last minute
+        (False, timedelta(days=10), "not_accepted", FROM_ESCROW),
+        (False, timedelta(minutes=1), "not_accepted", FROM_ESCROW),
+        # an early cancellation after acceptance takes everything back from the doctor and the fee
+        (True, timedelta(days=3), "early_cancellation", FROM_DOCTOR_AND_FEE),
+        # exactly late_cancel_hours before the operation still counts as early
+        (True, timedelta(hours=24), "early_cancellation", FROM_DOCTOR_AND_FEE),
+    ],
+    ids=["not_accepted_days_ahead", "not_accepted_last_minute", "early_days_ahead", "early_exactly_24h_ahead"],
+)
+def test_before_acceptance_or_early_after_it_everything_is_refunded(
+    accepted: bool, before: timedelta, rule: str, entries: dict[str, int]
+) -> None:
     account = names()
-    # exactly late_cancel_hours before the operation still counts as early
-    for now in (SCHEDULED - timedelta(days=3), SCHEDULED - timedelta(hours=24)):
-        refund = quote(accepted=True, now=now)
-        assert (refund.refund_fen, refund.kept_fen, refund.rule) == (300_000, 0, "early_cancellation")
-        assert refund.entries == {account["pending"]: -270_000, account["fees"]: -30_000, account["clearing"]: 300_000}
+    refund = quote(accepted=accepted, now=SCHEDULED - before)
+    assert (refund.refund_fen, refund.kept_fen, refund.rule) == (300_000, 0, rule)
+    assert refund.entries == {account[name]: amount for name, amount in entries.items()}
 
 
 def test_a_late_cancellation_refunds_the_configured_share_and_the_doctor_keeps_the_rest() -> None:

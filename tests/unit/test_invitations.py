@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from chalicelib.clock import SHANGHAI, shanghai_date
+from chalicelib.clock import shanghai_date
 from chalicelib.invitations import deadlines, engine
 from chalicelib.ledger import accounts
 from chalicelib.ledger.audit import check_ledger
@@ -33,14 +33,20 @@ from tests.unit.flow_actors import (
     CONSULTATION_FEE,
     FEE,
     FakeProvider,
+    accepted,
     act,
     balance,
     clearing,
+    complete_after,
+    completed,
     create_invitation,
     day_ahead,
+    evening_before,
+    every_page,
+    fake_provider_fixture,  # noqa: F401  (the ``fake`` fixture)
     fees,
+    flow_fixture,  # noqa: F401  (the ``flow`` fixture)
     installed,
-    make_flow,
     notices,
     open_order,
     paid_invitation,
@@ -53,8 +59,6 @@ from tests.unit.flow_actors import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from chalice.test import Client
 
     from tests.unit.actors import Actor
@@ -62,17 +66,6 @@ if TYPE_CHECKING:
 
 DOCTOR_SHARE, PLATFORM_FEE = 270_000, 30_000
 """``FEE`` split at the default 1 000 bps."""
-
-
-@pytest.fixture
-def fake(client: Client) -> Iterator[FakeProvider]:
-    with installed() as provider:
-        yield provider
-
-
-@pytest.fixture
-def flow(client: Client, fake: FakeProvider) -> Flow:
-    return make_flow(client)
 
 
 def wallet(client: Client, doctor: Actor) -> dict[str, Any]:
@@ -87,14 +80,22 @@ def booked(doctor: Actor, day: str) -> int:
     return int(CalendarDay.get(f"CALENDAR#{doctor.user_id}", day, consistent_read=True).invitations_booked)
 
 
-def accepted(client: Client, flow: Flow, **changes: Any) -> dict[str, Any]:
-    invitation = paid_invitation(client, flow, **changes)
-    return expect(act(client, flow.doctor, invitation["invitation_id"], "accept"), 200)
-
-
 def assert_ledger_ok() -> None:
     report = check_ledger()
     assert report.ok, report.violations
+
+
+def assert_refunded_in_full(fake: FakeProvider, invitation_id: str) -> None:
+    """The provider was asked once, for the whole fee; the money left escrow and went back by the provider."""
+    assert [request.amount_fen for request in fake.refunds] == [FEE]
+    assert balance(accounts.escrow(invitation_id)) == 0 and balance(clearing(invitation_id)) == 0
+    assert_ledger_ok()
+
+
+def refused_field(client: Client, actor: Actor, body: dict[str, Any], status: int = 422, code: str = "") -> str:
+    """``POST /v1/invitations`` of ``body`` is refused (``validation_failed`` unless told); the field it names."""
+    error = expect(call(client, "POST", "/v1/invitations", actor, body), status, code or "validation_failed")
+    return error["error"]["details"]["field"]
 
 
 # --- creating ----------------------------------------------------------------------------------
@@ -141,16 +142,13 @@ def test_a_consultation_takes_the_consultation_fee(client: Client, flow: Flow) -
     ],
 )
 def test_a_client_cannot_send_fees_amounts_or_statuses(client: Client, flow: Flow, name: str, value: Any) -> None:
-    response = call(client, "POST", "/v1/invitations", flow.patient, {**request_body(flow), name: value})
-    body = expect(response, 422, "validation_failed")
-    assert body["error"]["details"]["field"] == name
+    assert refused_field(client, flow.patient, {**request_body(flow), name: value}) == name
     assert expect(call(client, "GET", "/v1/invitations", flow.patient), 200)["items"] == []
 
 
 def test_a_patient_may_invite_only_doctors_of_the_hospital_they_name(client: Client, flow: Flow) -> None:
     body = request_body(flow, hospital_id=flow.hospitals.chaoyang)
-    error = expect(call(client, "POST", "/v1/invitations", flow.patient, body), 422, "doctor_not_at_hospital")
-    assert error["error"]["details"]["field"] == "doctor_id"
+    assert refused_field(client, flow.patient, body, code="doctor_not_at_hospital") == "doctor_id"
 
 
 def test_an_unknown_hospital_is_not_found(client: Client, flow: Flow) -> None:
@@ -229,8 +227,7 @@ def test_a_request_too_close_to_the_operation_is_refused(
     client: Client, flow: Flow, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # GIVEN it is 22:00 in Shanghai the evening before the working day
-    day = datetime.fromisoformat(flow.day).date()
-    evening = datetime(day.year, day.month, day.day, 22, 0, tzinfo=SHANGHAI) - timedelta(days=1)
+    evening = evening_before(flow.day, 22)
     freeze_clock(monkeypatch, evening)
     # WHEN the patient asks for 09:00 (less than 30 min to pay + 12 h to answer)
     response = call(client, "POST", "/v1/invitations", flow.patient, request_body(flow, time="09:00"))
@@ -246,22 +243,19 @@ def test_a_request_too_close_to_the_operation_is_refused(
 @pytest.mark.parametrize("days", [-1, 91])
 def test_a_date_in_the_past_or_beyond_the_horizon_is_refused(client: Client, flow: Flow, days: int) -> None:
     body = request_body(flow, date=(shanghai_date(datetime.now(UTC)) + timedelta(days=days)).isoformat())
-    error = expect(call(client, "POST", "/v1/invitations", flow.patient, body), 422, "validation_failed")
-    assert error["error"]["details"]["field"] == "date"
+    assert refused_field(client, flow.patient, body) == "date"
 
 
 @pytest.mark.parametrize("missing", ["operation", "summary"])
 def test_an_invitation_needs_the_operation_and_the_summary(client: Client, flow: Flow, missing: str) -> None:
     body = request_body(flow)
     del body[missing]
-    error = expect(call(client, "POST", "/v1/invitations", flow.patient, body), 422, "validation_failed")
-    assert error["error"]["details"]["field"] == missing
+    assert refused_field(client, flow.patient, body) == missing
 
 
 def test_a_consultation_has_no_operation(client: Client, flow: Flow) -> None:
     body = request_body(flow, kind="consultation", operation={"procedure": "Appendectomy", "expected_minutes": 60})
-    error = expect(call(client, "POST", "/v1/invitations", flow.patient, body), 422, "validation_failed")
-    assert error["error"]["details"]["field"] == "operation"
+    assert refused_field(client, flow.patient, body) == "operation"
 
 
 @pytest.mark.parametrize(
@@ -284,16 +278,15 @@ def test_the_summary_is_validated_field_by_field(
     client: Client, flow: Flow, changes: dict[str, Any], field: str
 ) -> None:
     body = request_body(flow, summary=summary(**changes))
-    error = expect(call(client, "POST", "/v1/invitations", flow.patient, body), 422, "validation_failed")
-    assert error["error"]["details"]["field"] == field
+    assert refused_field(client, flow.patient, body) == field
 
 
-def test_the_summary_is_required_in_full(client: Client, flow: Flow) -> None:
+@pytest.mark.parametrize("missing", list(summary()))
+def test_the_summary_is_required_in_full(client: Client, flow: Flow, missing: str) -> None:
     incomplete = summary()
-    del incomplete["latex_allergy"]
+    del incomplete[missing]
     body = request_body(flow, summary=incomplete)
-    error = expect(call(client, "POST", "/v1/invitations", flow.patient, body), 422, "validation_failed")
-    assert error["error"]["details"]["field"] == "summary.latex_allergy"
+    assert refused_field(client, flow.patient, body) == f"summary.{missing}"
 
 
 def test_an_emergency_asa_class_is_kept(client: Client, flow: Flow) -> None:
@@ -387,17 +380,10 @@ def test_the_list_filters_by_kind_and_status_newest_first_with_a_cursor(
     expect(call(client, "GET", "/v1/invitations?status=paid", flow.patient), 422, "validation_failed")
 
     # a page at a time, following the cursor
-    seen: list[str] = []
-    cursor = None
-    for _ in range(5):
-        query = "?limit=1" + (f"&cursor={cursor}" if cursor else "")
-        page = expect(call(client, "GET", f"/v1/invitations{query}", flow.patient), 200)
-        assert len(page["items"]) <= 1
-        seen += [item["invitation_id"] for item in page["items"]]
-        cursor = page["next_cursor"]
-        if cursor is None:
-            break
-    assert seen == [last, consultation, first] and cursor is None
+    seen = every_page(
+        lambda query: expect(call(client, "GET", f"/v1/invitations{query}", flow.patient), 200), 1, "invitation_id"
+    )
+    assert seen == [last, consultation, first]
 
     # a tampered cursor, or one of another list, is refused
     page = expect(call(client, "GET", "/v1/invitations?limit=1", flow.patient), 200)
@@ -457,8 +443,7 @@ def test_the_response_deadline_comes_before_the_operation_when_paid_close_to_it(
     client: Client, flow: Flow, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # GIVEN it is 19:00 in Shanghai the day before, and the operation is at 09:00 (14 h ahead)
-    day = datetime.fromisoformat(flow.day).date()
-    evening = datetime(day.year, day.month, day.day, 19, 0, tzinfo=SHANGHAI) - timedelta(days=1)
+    evening = evening_before(flow.day, 19)
     freeze_clock(monkeypatch, evening)
     created = create_invitation(client, flow.patient, request_body(flow, time="09:00"))
     order = open_order(client, flow.patient, created["invitation_id"])
@@ -503,10 +488,9 @@ def test_decline_refunds_the_payer_in_full(client: Client, flow: Flow, fake: Fak
     assert [(request.out_refund_no, request.amount_fen, request.total_fen) for request in fake.refunds] == [
         (f"RF{invitation_id}", FEE, FEE)
     ]
-    assert balance(accounts.escrow(invitation_id)) == 0 and balance(clearing(invitation_id)) == 0
     assert wallet(client, flow.doctor)["pending_fen"] == 0
     assert {("declined", flow.patient.user_id), ("refunded", flow.patient.user_id)} <= set(notices(invitation_id))
-    assert_ledger_ok()
+    assert_refunded_in_full(fake, invitation_id)
 
 
 # --- the requester cancels ---------------------------------------------------------------------
@@ -554,10 +538,8 @@ def test_a_payment_after_closing_is_refunded_at_once(client: Client, flow: Flow,
     assert pay(order["order_id"], FEE) == "applied"
     # THEN it is refunded in full, and the doctor never sees the invitation
     assert read(client, flow.patient, created["invitation_id"])["status"] == "refunded"
-    assert [request.amount_fen for request in fake.refunds] == [FEE]
     expect(call(client, "GET", f"/v1/invitations/{created['invitation_id']}", flow.doctor), 404)
-    assert balance(clearing(created["invitation_id"])) == 0
-    assert_ledger_ok()
+    assert_refunded_in_full(fake, created["invitation_id"])
 
 
 def test_cancel_before_acceptance_refunds_everything(client: Client, flow: Flow, fake: FakeProvider) -> None:
@@ -565,10 +547,8 @@ def test_cancel_before_acceptance_refunds_everything(client: Client, flow: Flow,
     invitation_id = invitation["invitation_id"]
     answer = expect(act(client, flow.patient, invitation_id, "cancel", {"reason": "Found another doctor"}), 200)
     assert answer["status"] == "refunded"
-    assert [request.amount_fen for request in fake.refunds] == [FEE]
-    assert balance(accounts.escrow(invitation_id)) == 0 and balance(clearing(invitation_id)) == 0
     assert ("cancelled", flow.doctor.user_id) in notices(invitation_id)
-    assert_ledger_ok()
+    assert_refunded_in_full(fake, invitation_id)
 
 
 def test_an_early_cancel_after_acceptance_refunds_everything_and_frees_the_day(
@@ -648,10 +628,7 @@ def test_refund_preview_answers_each_rule(client: Client, flow: Flow, monkeypatc
 def test_refund_preview_after_completion_is_not_cancellable(
     client: Client, flow: Flow, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    invitation = accepted(client, flow)
-    invitation_id = invitation["invitation_id"]
-    freeze_clock(monkeypatch, scheduled_at(invitation) + timedelta(hours=3))
-    expect(act(client, flow.doctor, invitation_id, "complete"), 200)
+    invitation_id = completed(client, flow, monkeypatch, timedelta(hours=3))[0]["invitation_id"]
     path = f"/v1/invitations/{invitation_id}/refund-preview"
     expect(call(client, "GET", path, flow.patient), 409, "not_cancellable")
     expect(act(client, flow.patient, invitation_id, "cancel", {"reason": "late"}), 409, "invalid_transition")
@@ -677,9 +654,7 @@ def test_complete_needs_an_accepted_invitation(client: Client, flow: Flow) -> No
 
 
 def test_the_doctor_cannot_confirm(client: Client, flow: Flow, monkeypatch: pytest.MonkeyPatch) -> None:
-    invitation = accepted(client, flow)
-    freeze_clock(monkeypatch, scheduled_at(invitation) + timedelta(hours=3))
-    expect(act(client, flow.doctor, invitation["invitation_id"], "complete"), 200)
+    invitation, _ = completed(client, flow, monkeypatch, timedelta(hours=3))
     expect(act(client, flow.doctor, invitation["invitation_id"], "confirm"), 403, "forbidden")
     assert read(client, flow.patient, invitation["invitation_id"])["status"] == "completed"
 
@@ -691,9 +666,7 @@ def test_confirm_releases_the_doctors_share_and_counts_one_anesthesia(
     invitation = accepted(client, flow)
     invitation_id = invitation["invitation_id"]
     assert storefront_count(client, flow.patient, flow.doctor) == 0
-    done_at = scheduled_at(invitation) + timedelta(hours=3)
-    freeze_clock(monkeypatch, done_at)
-    completed = expect(act(client, flow.doctor, invitation_id, "complete"), 200)
+    completed, done_at = complete_after(client, flow, invitation, monkeypatch, timedelta(hours=3))
     assert completed["status"] == "completed"
     assert completed["confirm_by"] == (done_at + timedelta(hours=72)).isoformat()
     assert wallet(client, flow.doctor)["pending_fen"] == DOCTOR_SHARE
@@ -720,9 +693,7 @@ def test_confirm_releases_the_doctors_share_and_counts_one_anesthesia(
 def test_a_confirmed_consultation_pays_the_doctor_but_counts_no_anesthesia(
     client: Client, flow: Flow, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    consultation = accepted(client, flow, kind="consultation")
-    freeze_clock(monkeypatch, scheduled_at(consultation) + timedelta(hours=1))
-    expect(act(client, flow.doctor, consultation["invitation_id"], "complete"), 200)
+    consultation, _ = completed(client, flow, monkeypatch, timedelta(hours=1), kind="consultation")
     expect(act(client, flow.patient, consultation["invitation_id"], "confirm"), 200)
     assert wallet(client, flow.doctor)["available_fen"] == CONSULTATION_FEE - CONSULTATION_FEE // 10
     assert storefront_count(client, flow.patient, flow.doctor) == 0
@@ -747,8 +718,7 @@ def test_expire_due_refunds_an_unanswered_invitation_and_tells_both_sides(
     seen = read(client, flow.patient, invitation_id)
     assert seen["status"] == "refunded"
     assert [step["transition"] for step in seen["history"]] == ["create", "pay", "expire", "refund"]
-    assert [request.amount_fen for request in fake.refunds] == [FEE]
-    assert balance(accounts.escrow(invitation_id)) == 0 and balance(clearing(invitation_id)) == 0
+    assert_refunded_in_full(fake, invitation_id)
     written = notices(invitation_id)
     assert ("expired", flow.patient.user_id) in written and ("expired", flow.doctor.user_id) in written
     assert ("refunded", flow.patient.user_id) in written
@@ -758,10 +728,7 @@ def test_expire_due_refunds_an_unanswered_invitation_and_tells_both_sides(
 
 
 def test_confirm_due_releases_after_the_hold(client: Client, flow: Flow, monkeypatch: pytest.MonkeyPatch) -> None:
-    invitation = accepted(client, flow)
-    done_at = scheduled_at(invitation) + timedelta(hours=1)
-    freeze_clock(monkeypatch, done_at)
-    expect(act(client, flow.doctor, invitation["invitation_id"], "complete"), 200)
+    invitation, done_at = completed(client, flow, monkeypatch, timedelta(hours=1))
     assert deadlines.confirm_due(done_at + timedelta(hours=71))["due"] == 0
     report = deadlines.confirm_due(done_at + timedelta(hours=72, minutes=1))
     assert report == {"due": 1, "done": 1, "skipped": 0, "failed": 0}
@@ -796,10 +763,7 @@ def test_expire_due_skips_an_invitation_accepted_meanwhile(
 def test_confirm_due_skips_an_invitation_confirmed_meanwhile(
     client: Client, flow: Flow, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    invitation = accepted(client, flow)
-    done_at = scheduled_at(invitation) + timedelta(hours=1)
-    freeze_clock(monkeypatch, done_at)
-    expect(act(client, flow.doctor, invitation["invitation_id"], "complete"), 200)
+    invitation, done_at = completed(client, flow, monkeypatch, timedelta(hours=1))
     later = done_at + timedelta(hours=73)
     stale = list(Invitation.by_due.query(engine.DUE_HOLD, Invitation.due_at <= later.isoformat()))
     assert len(stale) == 1
