@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -32,6 +33,20 @@ INLINE_KEY_VARIABLES = ("JWT_SIGNING_KEY", "PII_ENCRYPTION_KEY", "LOOKUP_HASH_KE
 
 class ConfigError(RuntimeError):
     """A setting is missing or malformed; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class MembershipPlan:
+    """A VIP membership a hospital can buy: its price in fen and how many days it adds."""
+
+    plan_id: str
+    price_fen: int
+    days: int
+
+
+DEFAULT_PLANS = {"year": MembershipPlan("year", 1_980_000, 365)}
+"""One year for 19,800 yuan unless ``MEMBERSHIP_PLANS`` says otherwise."""
+PLAN_ID = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 
 @dataclass(frozen=True)
@@ -69,6 +84,11 @@ class Settings:
     sandbox_callback_url: str = "http://127.0.0.1:8000/v1/payments/callbacks/sandbox"
     notifier: str = "log"
     wechat_notice_template_id: str = ""
+    tip_bounds_fen: tuple[int, int] = (100, 50_000)
+    tip_fee_bps: int = 0
+    membership_plans: dict[str, MembershipPlan] = field(default_factory=lambda: dict(DEFAULT_PLANS))
+    withdrawal_min_fen: int = 1_000
+    withdrawal_daily_limit_fen: int = 2_000_000
 
     @property
     def users_table(self) -> str:
@@ -161,12 +181,34 @@ def _notifier(environ: Mapping[str, str], stage: str) -> tuple[str, str]:
     return notifier, template
 
 
-def _fee_bounds(environ: Mapping[str, str], kind: str, default: tuple[int, int]) -> tuple[int, int]:
-    prefix = kind.upper()
-    low = _positive_int(environ, f"{prefix}_FEE_MIN_FEN", default[0])
-    high = _positive_int(environ, f"{prefix}_FEE_MAX_FEN", default[1])
+def _membership_plans(environ: Mapping[str, str]) -> dict[str, MembershipPlan]:
+    """``MEMBERSHIP_PLANS``: ``id:price_fen:days`` entries separated by commas, e.g. ``year:1980000:365``."""
+    raw = environ.get("MEMBERSHIP_PLANS", "").strip()
+    if not raw:
+        return dict(DEFAULT_PLANS)
+    plans: dict[str, MembershipPlan] = {}
+    for entry in raw.split(","):
+        parts = entry.strip().split(":")
+        if (
+            len(parts) != 3
+            or not PLAN_ID.fullmatch(parts[0])
+            or not all(part.isdigit() and int(part) > 0 for part in parts[1:])
+            or int(parts[2]) > 3653
+            or parts[0] in plans
+        ):
+            raise ConfigError(
+                "environment variable MEMBERSHIP_PLANS must be id:price_fen:days entries separated by commas "
+                f"(distinct ids, 1 to 3653 days), got {entry.strip()!r}"
+            )
+        plans[parts[0]] = MembershipPlan(parts[0], int(parts[1]), int(parts[2]))
+    return plans
+
+
+def _bounds(environ: Mapping[str, str], prefix: str, default: tuple[int, int]) -> tuple[int, int]:
+    low = _positive_int(environ, f"{prefix}_MIN_FEN", default[0])
+    high = _positive_int(environ, f"{prefix}_MAX_FEN", default[1])
     if low > high:
-        raise ConfigError(f"environment variable {prefix}_FEE_MIN_FEN must not exceed {prefix}_FEE_MAX_FEN")
+        raise ConfigError(f"environment variable {prefix}_MIN_FEN must not exceed {prefix}_MAX_FEN")
     return low, high
 
 
@@ -236,6 +278,10 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
     wechat_mode, wechat_app_ids = _wechat(environ, stage)
     secrets_name, inline_keys = _keys(environ, stage)
     notifier, notice_template = _notifier(environ, stage)
+    withdrawal_min = _positive_int(environ, "WITHDRAWAL_MIN_FEN", 1_000)
+    withdrawal_limit = _positive_int(environ, "WITHDRAWAL_DAILY_LIMIT_FEN", 2_000_000)
+    if withdrawal_min > withdrawal_limit:
+        raise ConfigError("environment variable WITHDRAWAL_MIN_FEN must not exceed WITHDRAWAL_DAILY_LIMIT_FEN")
     return Settings(
         stage=stage,
         table_prefix=table_prefix,
@@ -255,8 +301,8 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         login_max_failures=_positive_int(environ, "LOGIN_MAX_FAILURES", 5),
         login_window_seconds=60 * _positive_int(environ, "LOGIN_WINDOW_MINUTES", 15),
         fee_bounds_fen={
-            "invitation": _fee_bounds(environ, "invitation", (10_000, 2_000_000)),
-            "consultation": _fee_bounds(environ, "consultation", (1_000, 200_000)),
+            "invitation": _bounds(environ, "INVITATION_FEE", (10_000, 2_000_000)),
+            "consultation": _bounds(environ, "CONSULTATION_FEE", (1_000, 200_000)),
         },
         platform_fee_bps=_bps(environ, "PLATFORM_FEE_BPS", 1000, 0, 5000),
         payment_window_minutes=_positive_int(environ, "PAYMENT_WINDOW_MINUTES", 30),
@@ -272,6 +318,11 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         or "http://127.0.0.1:8000/v1/payments/callbacks/sandbox",
         notifier=notifier,
         wechat_notice_template_id=notice_template,
+        tip_bounds_fen=_bounds(environ, "TIP", (100, 50_000)),
+        tip_fee_bps=_bps(environ, "TIP_FEE_BPS", 0, 0, 5000),
+        membership_plans=_membership_plans(environ),
+        withdrawal_min_fen=withdrawal_min,
+        withdrawal_daily_limit_fen=withdrawal_limit,
     )
 
 

@@ -1,7 +1,7 @@
 """VIP memberships of hospital accounts (M-g): active while the end date is ahead.
 
-This issue's admins grant or end one by contract; the payment flow will extend the same
-record on purchase. Every change is also kept as a ``MembershipChange``.
+Admins grant or end one by contract; a paid purchase (``payments.settlement``) creates it
+or extends it from its current end. Every change is also kept as a ``MembershipChange``.
 
 Example
 -------
@@ -20,7 +20,7 @@ from pynamodb.transactions import TransactWrite
 from chalicelib.accounts.roles import HOSPITAL, Principal
 from chalicelib.clock import iso, shanghai_date, start_of_shanghai_day
 from chalicelib.errors import ApiError
-from chalicelib.models.transactions import CONDITION_FAILED, CONFLICT, busy, cancellation_codes
+from chalicelib.models.transactions import CONDITION_FAILED, CONFLICT, Batch, busy, cancellation_codes
 from chalicelib.models.users import Account, Membership, MembershipChange, UsersTable
 
 MAX_CONTRACT = timedelta(days=3653)
@@ -40,17 +40,53 @@ def is_active(user_id: str, now: datetime) -> bool:
 
 
 def view(user_id: str, now: datetime) -> dict[str, Any]:
-    """The membership as its hospital or an admin sees it."""
+    """The membership as its hospital or an admin sees it, with the plans on sale."""
+    from chalicelib.config import get_settings
+
+    plans = [
+        {"plan_id": plan.plan_id, "price_fen": plan.price_fen, "days": plan.days}
+        for plan in get_settings().membership_plans.values()
+    ]
     membership = _membership(user_id)
     if membership is None:
-        return {"hospital_user_id": user_id, "active": False, "starts_at": None, "ends_at": None, "source": None}
+        return {
+            "hospital_user_id": user_id,
+            "active": False,
+            "starts_at": None,
+            "ends_at": None,
+            "source": None,
+            "plans": plans,
+        }
     return {
         "hospital_user_id": user_id,
         "active": membership.ends_at > iso(now),
         "starts_at": membership.starts_at,
         "ends_at": membership.ends_at,
         "source": membership.source,
+        "plans": plans,
     }
+
+
+def add_purchase(batch: Batch, hospital_user_id: str, *, days: int, order_id: str, now: datetime) -> str:
+    """Add to ``batch`` the membership a paid order buys: ``days`` from now, or from the current end if later.
+
+    Conditional on the membership as read, so a concurrent change fails the whole payment
+    transaction (retried) instead of losing days. Answers the new end.
+    """
+    current = _membership(hospital_user_id)
+    active = current is not None and current.ends_at > iso(now)
+    start = datetime.fromisoformat(current.ends_at) if active and current else now
+    ends_at = iso(start + timedelta(days=days))
+    record = Membership(f"USER#{hospital_user_id}", "MEMBERSHIP")
+    record.starts_at = current.starts_at if active and current else iso(now)
+    record.ends_at, record.source, record.reference = ends_at, "purchase", order_id
+    record.updated_by, record.updated_at = hospital_user_id, iso(now)
+    condition = Membership.pk.does_not_exist() if current is None else Membership.ends_at == current.ends_at
+    batch.put("membership", record, condition=condition)
+    change = MembershipChange(f"USER#{hospital_user_id}", f"MEMBERSHIP#{now.isoformat()}#{order_id}")
+    change.ends_at, change.source, change.reference, change.changed_by = ends_at, "purchase", order_id, hospital_user_id
+    batch.put("membership_change", change, condition=MembershipChange.sk.does_not_exist())
+    return ends_at
 
 
 def set_by_contract(

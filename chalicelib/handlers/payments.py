@@ -1,4 +1,4 @@
-"""Money: payment orders, provider callbacks, the sandbox provider's pay button, the doctor's wallet (M-e, M-j).
+"""Money: payment orders, provider callbacks, the sandbox provider's pay button, statements, the wallet (M-e, M-g, M-j).
 
 Views import their domain modules when first called (see ``handlers.accounts``).
 """
@@ -15,7 +15,7 @@ from chalicelib.config import get_settings
 from chalicelib.errors import ApiError
 from chalicelib.handlers.access import current_principal, route
 from chalicelib.handlers.replay import once
-from chalicelib.validation import parse, path_id
+from chalicelib.validation import parse, parse_query, path_id
 
 bp = Blueprint(__name__)
 
@@ -63,6 +63,15 @@ def sandbox_pay(order_id: str) -> dict[str, Any]:
     request = bp.current_request
     instruction = parse(request.json_body if request.raw_body else {}, sandbox.PayInstruction)
     return sandbox.pay(path_id(order_id, orders.NOT_FOUND), instruction, utc_now())
+
+
+@route(bp, "/v1/me/transactions", methods=["GET"], roles=SIGNED_IN)
+def my_transactions() -> dict[str, Any]:
+    """The caller's money movements, newest first: payments, refunds, earnings, tips, memberships, withdrawals."""
+    from chalicelib.ledger.records import StatementQuery, statement
+
+    query = parse_query(bp.current_request.query_params, StatementQuery)
+    return statement(current_principal().user_id, query)
 
 
 @route(bp, "/v1/me/wallet", methods=["GET"], roles=[DOCTOR])

@@ -29,7 +29,8 @@ from pynamodb.exceptions import DoesNotExist
 from chalicelib.clock import iso
 from chalicelib.errors import ApiError
 from chalicelib.ledger.accounts import ACCOUNT_NAME, may_overdraw
-from chalicelib.models.ledger import AccountBalance, JournalTransaction, LedgerEntry, LedgerTable
+from chalicelib.ledger.records import records_of
+from chalicelib.models.ledger import AccountBalance, JournalTransaction, LedgerEntry, LedgerTable, MoneyRecord
 from chalicelib.models.transactions import Batch, TransactionCancelledError, busy
 
 if TYPE_CHECKING:
@@ -53,6 +54,8 @@ class Posting:
     kind: str
     entries: Mapping[str, int]
     reference: str
+    payer: str | None = None
+    """The user whose own money the provider accounts stand for here (who paid, or is refunded)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "entries", MappingProxyType(dict(self.entries)))  # no change after the checks
@@ -71,12 +74,15 @@ class Posting:
     @property
     def fingerprint(self) -> str:
         """What makes two postings with one id the same posting."""
-        body = json.dumps([self.kind, self.reference, sorted(self.entries.items())], separators=(",", ":"))
+        parts: list[Any] = [self.kind, self.reference, sorted(self.entries.items())]
+        if self.payer:
+            parts.append(self.payer)
+        body = json.dumps(parts, separators=(",", ":"))
         return hashlib.sha256(body.encode()).hexdigest()
 
 
 def add_posting(batch: Batch, posting: Posting, now: datetime) -> None:
-    """Add the posting's journal item, entries and balance moves to ``batch``."""
+    """Add the posting's journal item, entries, balance moves and its parties' records to ``batch``."""
     at = iso(now)
     journal = JournalTransaction(f"TX#{posting.tx_id}", "TX")
     journal.tx_id, journal.kind, journal.reference = posting.tx_id, posting.kind, posting.reference
@@ -100,6 +106,13 @@ def add_posting(batch: Batch, posting: Posting, now: datetime) -> None:
             ],
             condition=guard,
         )
+    for party in records_of(posting):
+        record = MoneyRecord(f"RECORD#{party.user_id}", f"{at}#{posting.tx_id}")
+        record.tx_id, record.kind, record.reference = posting.tx_id, posting.kind, posting.reference
+        record.created_at = at
+        record.direction, record.amount_fen, record.status = party.direction, party.amount_fen, party.status
+        record.balances = party.balances
+        batch.put(f"record:{party.user_id}", record, condition=MoneyRecord.pk.does_not_exist())
 
 
 def post(posting: Posting, now: datetime, batch: Batch | None = None) -> bool:
@@ -135,7 +148,7 @@ def post(posting: Posting, now: datetime, batch: Batch | None = None) -> bool:
 
 
 def _is_ledger_action(name: str) -> bool:
-    return name == "journal" or name.startswith(("entry:", "balance:"))
+    return name == "journal" or name.startswith(("entry:", "balance:", "record:"))
 
 
 def _already_posted(posting: Posting) -> bool:

@@ -2,8 +2,11 @@
 
 Keys (``pk``/``sk``): ``TX#<id>`` / ``TX`` a journal transaction (its entries inside,
 summing to zero); ``ACCOUNT#<account>`` / ``BALANCE`` an account's balance and
-``ACCOUNT#<account>`` / ``ENTRY#<time>#<tx>`` its entries; ``ORDER#<id>`` / ``ORDER``
-a payment, refund or payout order; ``PROVIDER#<channel>#<kind>#<ref>`` / ``SEEN`` the
+``ACCOUNT#<account>`` / ``ENTRY#<time>#<tx>`` its entries; ``RECORD#<user>`` /
+``<time>#<tx>`` a user's side of a transaction (their statement); ``ORDER#<id>`` / ``ORDER``
+a payment, refund or payout order; ``SLOT#<purpose>#<key>`` / ``SLOT`` the one open
+payment order of a tip or membership purchase; ``WITHDRAWN#<doctor>`` / ``<date>`` what a
+doctor withdrew that day (the daily limit); ``PROVIDER#<channel>#<kind>#<ref>`` / ``SEEN`` the
 permanent dedupe key of a provider event or provider object; ``QUARANTINE#<channel>#<event>``
 / ``EVENT`` a verified callback for an order that is not ours. The sandbox provider keeps
 its own side under ``SANDBOX#`` (``chalicelib.models.sandbox``). Items are appended, never edited, except balances
@@ -13,7 +16,8 @@ Indexes:
 
 - ``work_due``: *sparse*; orders a job must follow up (payouts to send, payments to
   poll, refunds to retry), by queue and time due.
-- ``by_owner``: a user's orders, newest first.
+- ``by_owner``: a user's orders (``OWNER#<user>``), a doctor's withdrawals
+  (``WITHDRAWALS#<doctor>``), and the ledger's own lists, by time.
 """
 
 from __future__ import annotations
@@ -130,6 +134,12 @@ class PaymentOrder(LedgerTable, discriminator="payment_order"):
     closed_at = UnicodeAttribute(null=True)
     checks = NumberAttribute(default=0)
     flags = ListAttribute(of=UnicodeAttribute, null=True)
+    beneficiary_id = UnicodeAttribute(null=True)
+    """For a tip: the doctor who receives it."""
+    slot_key = UnicodeAttribute(null=True)
+    """For a tip or membership order: its ``PaymentSlot`` (removed when the order is final)."""
+    plan_days = NumberAttribute(null=True)
+    """For a membership order: the days its plan adds (the plan as it was when the order opened)."""
     updated_at = UnicodeAttribute()
 
 
@@ -175,3 +185,72 @@ class QuarantinedEvent(LedgerTable, discriminator="quarantined_event"):
     kind = UnicodeAttribute()
     merchant_ref = UnicodeAttribute()
     reason = UnicodeAttribute()
+
+
+class PaymentSlot(LedgerTable, discriminator="payment_slot"):
+    """The one open payment order of a tip (per invitation) or a membership purchase (per hospital):
+    ``SLOT#<purpose>#<key>`` / ``SLOT``. Put with the order (``attribute_not_exists``), deleted when the
+    order succeeds or closes, so a retried request finds the open order instead of opening another."""
+
+    order_id = UnicodeAttribute()
+
+
+class MoneyRecord(LedgerTable, discriminator="money_record"):
+    """One user's side of a ledger transaction: ``RECORD#<user>`` / ``<time>#<tx id>``.
+
+    Written in the same transaction as the journal entries (so a statement can never
+    disagree with the ledger), never edited. ``direction``: ``in`` (the user gained),
+    ``out`` (paid or paid out), ``internal`` (moved between the user's own balances).
+    ``balances``: a doctor's change per balance (``pending``, ``available``, ``payout``).
+    """
+
+    tx_id = UnicodeAttribute()
+    kind = UnicodeAttribute()
+    direction = UnicodeAttribute()
+    amount_fen = NumberAttribute()
+    balances = MapAttribute(null=True)
+    reference = UnicodeAttribute()
+    status = UnicodeAttribute()
+
+
+class PayoutOrder(LedgerTable, discriminator="payout_order"):
+    """A withdrawal and its payout: ``ORDER#<out_bill_no>`` / ``ORDER``.
+
+    Written with the posting ``doctor:available → doctor:payout``. ``status``: requested
+    (not yet accepted by the provider, or its outcome unknown) → processing |
+    wait_user_confirm → succeeded | failed | cancelled. While not final it sits in
+    ``work_due`` ``WORK#payout``; listed under ``by_owner`` ``WITHDRAWALS#<doctor>``.
+    ``payee_cipher`` is the payee's details (JSON), encrypted; ``payee_masked`` what is shown.
+    """
+
+    out_bill_no = UnicodeAttribute()
+    doctor_id = UnicodeAttribute()
+    payout_account_id = UnicodeAttribute()
+    payee_kind = UnicodeAttribute()
+    payee_masked = UnicodeAttribute()
+    payee_cipher = UnicodeAttribute()
+    channel = UnicodeAttribute()
+    amount_fen = NumberAttribute()
+    requested_on = UnicodeAttribute()
+    """The Asia/Shanghai date it counts against the daily limit."""
+    status = UnicodeAttribute()
+    attempts = NumberAttribute(default=0)
+    """Payout calls made (the first one only after this is 1: a crash mid-call is queried, never resent blind)."""
+    checks = NumberAttribute(default=0)
+    provider_ref = UnicodeAttribute(null=True)
+    package_info = UnicodeAttribute(null=True)
+    fail_reason = UnicodeAttribute(null=True)
+    last_error = UnicodeAttribute(null=True)
+    needs_attention = BooleanAttribute(default=False)
+    settled_at = UnicodeAttribute(null=True)
+    updated_at = UnicodeAttribute()
+
+
+class WithdrawalDay(LedgerTable, discriminator="withdrawal_day"):
+    """What a doctor withdrew on one Asia/Shanghai date: ``WITHDRAWN#<doctor>`` / ``<date>``.
+
+    Raised with each withdrawal under the condition that it stays within the daily limit
+    (in the withdrawal's transaction), lowered again when a payout fails.
+    """
+
+    total_fen = NumberAttribute(default=0)

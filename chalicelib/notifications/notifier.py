@@ -53,6 +53,7 @@ EVENT_TEXTS: dict[str, str] = {
     "completed": "邀请已完成",
     "confirmed": "邀请已确认完成",
     "new_message": "您有一条新消息",
+    "tipped": "\u60a8\u6536\u5230\u4e00\u4efd\u6253\u8d4f",  # 您收到一份打赏
 }
 """What a template message says of each outbox event: the event only, never the case."""
 

@@ -33,6 +33,7 @@ EVENTS = frozenset(
         "completed",
         "confirmed",
         "new_message",
+        "tipped",
     }
 )
 

@@ -4,7 +4,8 @@ The order number (``out_trade_no``) is ``PI<invitation id>``: an invitation has 
 so a client that retries ``POST /v1/payments`` gets the same order and the same client
 parameters back, and the provider never sees two orders for one invitation. The order is
 stored before the provider is called; the amount is the invitation's fee snapshot,
-never a client value.
+never a client value. Tips and membership purchases are opened by ``purchases`` and then
+followed, closed and settled here like any other order.
 
 A pending order sits in the sparse ``WORK#payment`` queue: the follow-up job queries the
 provider with backoff (a callback may never come) and, when the payment window ends,
@@ -33,7 +34,7 @@ from chalicelib.errors import ApiError
 from chalicelib.invitations import engine
 from chalicelib.invitations.machine import AWAITING_PAYMENT, SYSTEM
 from chalicelib.models.invitations import Invitation
-from chalicelib.models.ledger import PaymentOrder
+from chalicelib.models.ledger import PaymentOrder, PaymentSlot
 from chalicelib.models.transactions import Batch, TransactionCancelledError, busy
 from chalicelib.observability import logger
 
@@ -54,6 +55,8 @@ class OrderRequest(msgspec.Struct, forbid_unknown_fields=True):
     reference: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
     channel: Literal["wechat", "alipay", "unionpay", "sandbox"]
     scene: Literal["jsapi_oa", "jsapi_mp", "h5", "app"] = "jsapi_mp"
+    amount_fen: int | None = None
+    """Tips only: what the requester gives (within the configured bounds)."""
 
 
 def order_number(invitation_id: str) -> str:
@@ -104,18 +107,22 @@ def read(order_id: str, viewer: Principal) -> dict[str, Any]:
 
 
 def open_order(principal: Principal, request: OrderRequest, now: datetime) -> tuple[int, dict[str, Any]]:
-    """Open (or return the open) payment order of an invitation, with what the front end needs to pay."""
+    """Open (or return the open) payment order for what ``request`` pays, with what the front end needs to pay."""
     from chalicelib.payments.registry import get_provider
 
+    provider = get_provider(request.channel)
     if request.purpose != "invitation":
+        from chalicelib.payments import purchases
+
+        return purchases.open_order(provider, principal, request, now)
+    if request.amount_fen is not None:
         raise ApiError(
             422,
-            "purpose_unavailable",
-            f"Payments for {request.purpose!r} are not offered yet",
-            "暂不支持该支付用途",
-            {"purpose": request.purpose},
+            "validation_failed",
+            "amount_fen is sent only for tips: an invitation costs its fee",
+            "仅打赏需要填写金额",
+            {"field": "amount_fen"},
         )
-    provider = get_provider(request.channel)
     invitation = engine.load(request.reference)
     if invitation.requester_id != principal.user_id:
         raise engine.NOT_FOUND
@@ -138,7 +145,8 @@ def open_order(principal: Principal, request: OrderRequest, now: datetime) -> tu
         )
     order, created = _order_for(invitation, request, expires_at, now)
     if order.client_params is None:
-        order = _create_at_provider(provider, order, invitation, principal)
+        description = DESCRIPTIONS.get(invitation.kind, DESCRIPTIONS["invitation"])
+        order = create_at_provider(provider, order, description, principal)
     return (201 if created else 200), view(order, principal)
 
 
@@ -197,9 +205,8 @@ def _order_for(
     return order, True
 
 
-def _create_at_provider(
-    provider: Any, order: PaymentOrder, invitation: Invitation, principal: Principal
-) -> PaymentOrder:
+def create_at_provider(provider: Any, order: PaymentOrder, description: str, principal: Principal) -> PaymentOrder:
+    """Open ``order`` (already stored) at the provider and keep what the front end needs to pay."""
     from chalicelib.payments.provider import PaymentRequest, ProviderError
 
     openid = None
@@ -211,7 +218,7 @@ def _create_at_provider(
     request = PaymentRequest(
         order.order_id,
         int(order.amount_fen),
-        DESCRIPTIONS.get(invitation.kind, DESCRIPTIONS["invitation"]),
+        description,
         order.scene,  # type: ignore[arg-type]
         openid,
         datetime.fromisoformat(order.expires_at),
@@ -252,11 +259,18 @@ def close_actions(now: datetime) -> list[Any]:
 
 
 def close(order: PaymentOrder, now: datetime) -> str:
-    """Close our order and the unpaid invitation it was for, in one transaction (the provider's side is closed)."""
+    """Close our order (the provider's side is closed) and what waited on it, in one transaction.
+
+    An invitation order closes the unpaid invitation; a tip or membership order frees its slot.
+    """
     batch = Batch()
     batch.update("order", order, actions=close_actions(now), condition=PaymentOrder.status == "pending")
-    invitation = engine.load(order.reference)
     try:
+        if order.purpose != "invitation":
+            free_slot(batch, order)
+            batch.commit(PaymentOrder._get_connection().connection)
+            return "applied"
+        invitation = engine.load(order.reference)
         if invitation.status == AWAITING_PAYMENT:
             engine.fire(
                 invitation,
@@ -272,6 +286,16 @@ def close(order: PaymentOrder, now: datetime) -> str:
     except (ApiError, TransactionCancelledError):
         return "duplicate"
     return "applied"
+
+
+def free_slot(batch: Batch, order: PaymentOrder) -> None:
+    """Delete the slot of a tip or membership order that becomes final (if it still names this order)."""
+    if order.slot_key:
+        batch.delete(
+            "slot",
+            PaymentSlot(order.slot_key, "SLOT"),
+            condition=PaymentSlot.pk.does_not_exist() | (PaymentSlot.order_id == order.order_id),
+        )
 
 
 def follow_up(order: PaymentOrder, now: datetime) -> str:

@@ -1,9 +1,9 @@
 """The one interface every payment channel implements, and the provider-neutral values it speaks.
 
 Flows never see a channel's wire format: they ask a ``Provider`` to open, query, close and
-refund payments (and, with the money issue, to pay out), and they receive callbacks as
+refund payments and to pay doctors out, and they receive callbacks as
 ``ProviderEvent`` values — verified and decrypted by the adapter, never trusted raw.
-Merchant numbers (``out_trade_no``, ``out_refund_no``) are ours, stored before the call:
+Merchant numbers (``out_trade_no``, ``out_refund_no``, ``out_bill_no``) are ours, stored before the call:
 they are the providers' idempotency keys (design.md §5, reference/payments.md §6.2).
 
 Example
@@ -26,7 +26,20 @@ Channel = Literal["wechat", "alipay", "unionpay", "sandbox"]
 Scene = Literal["jsapi_oa", "jsapi_mp", "h5", "app"]
 PaymentState = Literal["pending", "succeeded", "closed"]
 RefundState = Literal["processing", "succeeded", "failed", "closed"]
-EventKind = Literal["payment_succeeded", "payment_closed", "refund_succeeded", "refund_failed", "refund_closed"]
+PayoutState = Literal["processing", "wait_user_confirm", "succeeded", "failed", "cancelled"]
+"""``wait_user_confirm``: WeChat holds the transfer until the payee confirms it (24 h, then ``failed``)."""
+PayeeKind = Literal["wechat", "alipay", "bank_card"]
+EventKind = Literal[
+    "payment_succeeded",
+    "payment_closed",
+    "refund_succeeded",
+    "refund_failed",
+    "refund_closed",
+    "payout_succeeded",
+    "payout_failed",
+    "payout_cancelled",
+]
+FINAL_PAYOUT_STATES = frozenset({"succeeded", "failed", "cancelled"})
 
 
 @dataclass(frozen=True)
@@ -81,6 +94,39 @@ class RefundStatus:
 
 
 @dataclass(frozen=True)
+class PayoutRequest:
+    """Money to a doctor (WeChat 商家转账, Alipay uni.transfer, a bank card).
+
+    ``out_bill_no`` is stored before the first call and reused on every retry: the
+    provider pays once. ``payee`` holds what the kind needs — wechat: ``openid``, ``app``
+    (``mp``/``oa``) and ``real_name``; alipay: ``account`` and ``real_name``; bank_card:
+    ``holder_name``, ``bank`` and ``card_number``.
+    """
+
+    out_bill_no: str
+    amount_fen: int
+    payee_kind: PayeeKind
+    payee: Mapping[str, str]
+    remark: str
+
+
+@dataclass(frozen=True)
+class PayoutStatus:
+    """A payout as the provider reports it (an answer, a query, or a verified callback).
+
+    ``package_info`` is what the payee's WeChat needs to confirm a ``wait_user_confirm``
+    transfer; ``fail_reason`` the provider's reason code for ``failed``/``cancelled``.
+    """
+
+    out_bill_no: str
+    state: PayoutState
+    bill_id: str | None = None
+    amount_fen: int | None = None
+    package_info: str | None = None
+    fail_reason: str | None = None
+
+
+@dataclass(frozen=True)
 class ProviderEvent:
     """A verified callback, normalised: what happened to which of our orders.
 
@@ -98,6 +144,8 @@ class ProviderEvent:
     occurred_at: str | None
     order_ref: str | None = None
     """For a refund event: the payment order it refunds."""
+    reason: str | None = None
+    """For a failed or cancelled payout: the provider's reason code."""
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
 
@@ -135,6 +183,19 @@ class Provider(Protocol):
     def refund(self, request: RefundRequest) -> RefundStatus: ...
 
     def query_refund(self, out_refund_no: str, out_trade_no: str) -> RefundStatus: ...
+
+    def payout(self, request: PayoutRequest) -> PayoutStatus:
+        """Send money to a payee; the same ``out_bill_no`` again answers the same transfer."""
+        ...
+
+    def query_payout(self, out_bill_no: str) -> PayoutStatus:
+        """The transfer's state; ``ProviderError("payout_not_found", retryable=False)`` when the
+        provider never received it (then it may be sent, with the same number)."""
+        ...
+
+    def cancel_payout(self, out_bill_no: str) -> PayoutStatus:
+        """Cancel a transfer that is not final yet (WeChat: ``CANCELING`` → ``CANCELLED``)."""
+        ...
 
     def parse_callback(self, headers: Mapping[str, str], body: bytes, now: datetime) -> ProviderEvent | None:
         """Verify, decrypt and normalise a callback; None for a verified event we do not act on."""

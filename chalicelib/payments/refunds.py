@@ -186,6 +186,7 @@ def _settle(refund: RefundOrder, provider_ref: str | None, now: datetime, seen: 
         "refund",
         {account: int(amount) for account, amount in refund.entries.as_dict().items()},
         f"invitation:{invitation.invitation_id}",
+        payer=refund.payer_id,
     )
     try:
         engine.fire(invitation, "refund", actor=SYSTEM, actor_id=None, now=now, batch=batch, posting=posting)

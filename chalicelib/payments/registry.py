@@ -45,6 +45,22 @@ def get_provider(channel: str) -> Provider:
     return _providers[channel]
 
 
+def payout_channel(payee_kind: str) -> str:
+    """The channel that pays a payee of ``payee_kind``; 422 ``payout_unavailable`` when none here does.
+
+    The sandbox plays every kind (WeChat change, Alipay, bank card) where it is on.
+    """
+    if get_settings().sandbox_payments:
+        return "sandbox"
+    raise ApiError(
+        422,
+        "payout_unavailable",
+        f"Payouts to {payee_kind!r} accounts are not available here",
+        "暂不支持向该类账户提现",
+        {"payee_kind": payee_kind},
+    )
+
+
 def use_provider(channel: str, provider: Provider | None) -> None:
     """Install (or with None, forget) the adapter of ``channel`` — for tests that inject a fake."""
     if provider is None:

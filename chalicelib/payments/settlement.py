@@ -3,9 +3,14 @@
 ``apply_payment`` is the one transition function of both paths (reference/payments.md §6.3).
 It checks the order is ours and the amount and currency match, then writes in one
 transaction: the provider dedupe keys (event id, transaction id; kept forever), the
-order's new state (conditional on its old one), the invitation's transition and the
-ledger posting ``provider → escrow``. A payment for an invitation that was closed
-meanwhile is taken in and refunded at once. A repeat changes nothing; a ``CLOSED`` after
+order's new state (conditional on its old one), and what the payment is for —
+
+- an invitation: its transition and ``provider → escrow``; a payment for an invitation
+  that was closed meanwhile is taken in and refunded at once;
+- a tip: ``provider → doctor:available`` (less the tip fee), a notice to the doctor;
+- a membership: ``provider → platform:membership`` and the membership extended.
+
+A tip or membership paid after its order closed is honoured all the same. A repeat changes nothing; a ``CLOSED`` after
 ``SUCCESS`` is ignored and flagged.
 
 Example
@@ -27,10 +32,10 @@ from chalicelib.errors import ApiError
 from chalicelib.invitations import engine, policy
 from chalicelib.invitations.machine import AWAITING_PAYMENT, CLOSED, SYSTEM
 from chalicelib.ledger import accounts
-from chalicelib.ledger.journal import Posting
+from chalicelib.ledger.journal import Posting, post
 from chalicelib.models.invitations import Invitation
 from chalicelib.models.ledger import PaymentOrder, ProviderSeen
-from chalicelib.models.transactions import Batch
+from chalicelib.models.transactions import Batch, TransactionCancelledError, busy
 from chalicelib.notifications.outbox import add_notice
 from chalicelib.observability import logger
 from chalicelib.payments import orders, refunds
@@ -61,7 +66,7 @@ def apply_payment(outcome: Outcome, now: datetime, *, event_id: str | None = Non
     Raises ``AmountMismatchError`` when amount or currency differ from the order.
     """
     order = orders.get(outcome.order_id)
-    if order is None or order.purpose != "invitation":
+    if order is None:
         return "unknown_order"
     if outcome.state == "succeeded":
         if outcome.amount_fen != int(order.amount_fen) or (outcome.currency or "CNY") != order.currency:
@@ -91,8 +96,6 @@ def _seen_keys(order: PaymentOrder, outcome: Outcome, event_id: str | None) -> l
 
 
 def _paid(order: PaymentOrder, outcome: Outcome, now: datetime, event_id: str | None) -> str:
-    settings = get_settings()
-    invitation = engine.load(order.reference)
     batch = Batch()
     for name, key in _seen_keys(order, outcome, event_id):
         seen = ProviderSeen(key, "SEEN")
@@ -111,6 +114,58 @@ def _paid(order: PaymentOrder, outcome: Outcome, now: datetime, event_id: str | 
         ],
         condition=PaymentOrder.status.is_in("pending", "closed"),
     )
+    if order.purpose == "invitation":
+        return _invitation_paid(order, batch, now)
+    if order.status == "pending":  # a closed order freed its slot already
+        orders.free_slot(batch, order)
+    posting = _tip_posting(order, batch, now) if order.purpose == "tip" else _membership_posting(order, batch, now)
+    try:
+        post(posting, now, batch)
+    except TransactionCancelledError:
+        latest = orders.get(order.order_id)
+        if latest is not None and latest.status == "succeeded":
+            return "duplicate"
+        raise busy() from None
+    logger.info("paid", extra={"order_id": order.order_id, "purpose": order.purpose})
+    return "applied"
+
+
+def _tip_posting(order: PaymentOrder, batch: Batch, now: datetime) -> Posting:
+    """A tip: to the doctor's available balance at once, less the tip fee (none by default)."""
+    settings = get_settings()
+    amount, doctor = int(order.amount_fen), order.beneficiary_id or ""
+    fee = policy.share(amount, settings.tip_fee_bps)
+    entries = {
+        accounts.clearing_account(order.channel, order.order_id, settings.ledger_shards): -amount,
+        accounts.doctor_available(doctor): amount - fee,
+    }
+    if fee:
+        entries[accounts.PLATFORM_TIPS] = fee
+    add_notice(batch, invitation_id=order.reference, event="tipped", recipient_id=doctor, now=now)
+    return Posting(f"tip:{order.order_id}", "tip", entries, f"invitation:{order.reference}", payer=order.payer_id)
+
+
+def _membership_posting(order: PaymentOrder, batch: Batch, now: datetime) -> Posting:
+    """A membership: the platform earns it; the hospital's membership starts or is extended."""
+    from chalicelib.accounts.memberships import add_purchase
+
+    amount = int(order.amount_fen)
+    add_purchase(batch, order.payer_id, days=int(order.plan_days or 0), order_id=order.order_id, now=now)
+    return Posting(
+        f"membership:{order.order_id}",
+        "membership",
+        {
+            accounts.clearing_account(order.channel, order.order_id, get_settings().ledger_shards): -amount,
+            accounts.PLATFORM_MEMBERSHIP: amount,
+        },
+        f"membership:{order.payer_id}",
+        payer=order.payer_id,
+    )
+
+
+def _invitation_paid(order: PaymentOrder, batch: Batch, now: datetime) -> str:
+    settings = get_settings()
+    invitation = engine.load(order.reference)
     amount = int(order.amount_fen)
     posting = Posting(
         f"pay:{order.order_id}",
@@ -120,6 +175,7 @@ def _paid(order: PaymentOrder, outcome: Outcome, now: datetime, event_id: str | 
             accounts.escrow(invitation.invitation_id): amount,
         },
         f"invitation:{invitation.invitation_id}",
+        payer=order.payer_id,
     )
     refund_no = None
     if invitation.status == AWAITING_PAYMENT:

@@ -828,13 +828,6 @@ def test_a_channel_this_stage_does_not_offer_is_unavailable(client: Client, flow
     assert read(client, flow.patient, created["invitation_id"])["payment_order_id"] is None
 
 
-@pytest.mark.parametrize("purpose", ["tip", "membership"])
-def test_only_invitations_can_be_paid_for_now(client: Client, flow: Flow, purpose: str) -> None:
-    created = create_invitation(client, flow.patient, request_body(flow))
-    body = payment_body(created["invitation_id"], purpose=purpose)
-    expect(call(client, "POST", "/v1/payments", flow.patient, body), 422, "purpose_unavailable")
-
-
 def test_the_payment_window_closes(client: Client, flow: Flow, monkeypatch: pytest.MonkeyPatch) -> None:
     created = create_invitation(client, flow.patient, request_body(flow))
     due = datetime.fromisoformat(created["payment_due_at"])
