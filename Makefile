@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEPS := $(VENV)/.deps-installed
 
-.PHONY: run test lint unit integration e2e bench job tables admin check-ledger clean
+.PHONY: run test lint unit integration e2e model bench job tables admin check-ledger clean
 
 $(DEPS): requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ integration: $(DEPS)
 
 e2e: $(DEPS)
 	$(PY) -m pytest tests/e2e
+
+## model: the model-based ledger test at a larger size (LEDGER_MODEL_EXAMPLES x LEDGER_MODEL_STEPS; make test runs 200 x 30).
+model: $(DEPS)
+	LEDGER_MODEL_EXAMPLES=$(or $(EXAMPLES),1000) LEDGER_MODEL_STEPS=$(or $(STEPS),50) \
+		$(PY) -m pytest tests/integration/test_ledger_model.py -p no:logging -s
 
 ## bench: measured figures (cold start, ...); see docs/benchmarks.md.
 bench: $(DEPS)

@@ -16,6 +16,7 @@ from chalicelib.handlers import (
     invitations,
     jobs,
     payments,
+    payouts,
     qrcodes,
     service,
     streams,
@@ -36,6 +37,7 @@ app.register_blueprint(discovery.bp)
 app.register_blueprint(qrcodes.bp)
 app.register_blueprint(invitations.bp)
 app.register_blueprint(payments.bp)
+app.register_blueprint(payouts.bp)
 app.register_blueprint(admin.bp)
 app.register_blueprint(jobs.bp)
 app.register_blueprint(streams.bp)

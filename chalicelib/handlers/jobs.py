@@ -60,3 +60,11 @@ def follow_up_refunds(event: CloudWatchEvent) -> dict[str, Any]:
     from chalicelib.invitations import deadlines
 
     return _job("follow_up_refunds", deadlines.follow_up_refunds)
+
+
+@bp.schedule(Rate(1, unit=Rate.MINUTES), name="settle_payouts", description="Pay out and follow withdrawals")
+def settle_payouts(event: CloudWatchEvent) -> dict[str, Any]:
+    """Withdrawals: sent to the provider with a stable number, queried until paid out or returned."""
+    from chalicelib.invitations import deadlines
+
+    return _job("settle_payouts", deadlines.settle_payouts)

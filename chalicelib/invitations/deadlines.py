@@ -3,7 +3,8 @@
 - ``expire_due``: paid invitations the doctor did not answer by the deadline → expired, refunded;
 - ``confirm_due``: completed invitations whose confirmation hold ran out → confirmed, released;
 - ``follow_up_payments``: pending payment orders → queried (a callback may be lost), closed at the window's end;
-- ``follow_up_refunds``: refunds → sent again with the same number, or queried, until final.
+- ``follow_up_refunds``: refunds → sent again with the same number, or queried, until final;
+- ``settle_payouts``: withdrawals → paid out with their stable number, followed until final.
 
 Each item is handled on its own: one that fails is logged and stays due for the next run;
 a race with a person (the doctor accepting at the deadline) is settled by the conditional
@@ -97,4 +98,15 @@ def follow_up_refunds(now: datetime, limit: int = BATCH) -> dict[str, int]:
         refunds.due(now, limit),
         lambda refund: refunds.follow_up(refund, now),
         lambda refund: refund.refund_no,
+    )
+
+
+def settle_payouts(now: datetime, limit: int = BATCH) -> dict[str, int]:
+    from chalicelib.payouts import transfers
+
+    return _run(
+        "settle_payouts",
+        transfers.due(now, limit),
+        lambda order: transfers.follow_up(order, now),
+        lambda order: order.out_bill_no,
     )

@@ -254,3 +254,20 @@ class HospitalTerm(UsersTable, discriminator="hospital_term"):
     city = UnicodeAttribute()
     province = UnicodeAttribute()
     grade = UnicodeAttribute(null=True)
+
+
+class PayoutAccount(UsersTable, discriminator="payout_account"):
+    """Where a doctor's withdrawals are paid: ``USER#<doctor id>`` / ``PAYOUT#<account id>``.
+
+    ``kind``: ``wechat`` (change of the doctor's openid in one of our apps), ``alipay`` or
+    ``bank_card``. ``details_cipher`` holds the payee's details (JSON: openid, account or
+    card number, and the real name), encrypted; ``label`` is the masked form shown.
+    ``identity_hash`` (a keyed hash of kind and identifier) finds the same account again.
+    """
+
+    account_id = UnicodeAttribute()
+    kind = UnicodeAttribute()
+    label = UnicodeAttribute()
+    details_cipher = UnicodeAttribute()
+    identity_hash = UnicodeAttribute()
+    created_at = UnicodeAttribute()

@@ -98,6 +98,12 @@ def _apply(event: ProviderEvent, now: datetime) -> str:
             result = settlement.apply_payment(outcome, now, event_id=event.event_id)
         except settlement.AmountMismatchError:
             return "amount_mismatch"
+    elif event.kind.startswith("payout_"):
+        from chalicelib.payouts import transfers
+
+        result = transfers.apply_event(event, now)
+        if result == "amount_mismatch":
+            return result
     else:
         refund = refunds.get(event.merchant_ref)
         if refund is None or (event.order_ref and event.order_ref != refund.payment_order_id):

@@ -213,8 +213,9 @@ def create_at_provider(provider: Any, order: PaymentOrder, description: str, pri
     if order.scene in SCENE_APPS:
         from chalicelib.accounts.profiles import load_account
 
-        openids = load_account(principal.user_id).wechat_openids
-        openid = (openids.as_dict() if openids else {}).get(SCENE_APPS[order.scene])
+        openids = load_account(principal.user_id).wechat_openids  # by app id, as sign-in keeps them
+        app_id = get_settings().wechat_app_ids[SCENE_APPS[order.scene]]
+        openid = (openids.as_dict() if openids else {}).get(app_id)
     request = PaymentRequest(
         order.order_id,
         int(order.amount_fen),

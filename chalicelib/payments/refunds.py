@@ -30,10 +30,11 @@ from chalicelib.errors import ApiError
 from chalicelib.invitations import engine
 from chalicelib.invitations.machine import CANCELLED, DECLINED, EXPIRED, SYSTEM
 from chalicelib.ledger.journal import Posting
-from chalicelib.models.ledger import ProviderSeen, RefundOrder
+from chalicelib.models.ledger import RefundOrder
 from chalicelib.models.transactions import Batch, TransactionCancelledError
 from chalicelib.notifications.outbox import add_notice
 from chalicelib.observability import logger
+from chalicelib.payments.dedupe import add_seen
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -153,17 +154,10 @@ def apply_state(
     return "applied"
 
 
-def _seen(batch: Batch, keys: tuple[str, ...], order_id: str, now: datetime) -> None:
-    for index, key in enumerate(keys):
-        item = ProviderSeen(key, "SEEN")
-        item.order_id, item.created_at = order_id, iso(now)
-        batch.put(f"seen:{index}", item, condition=ProviderSeen.pk.does_not_exist())
-
-
 def _settle(refund: RefundOrder, provider_ref: str | None, now: datetime, seen: tuple[str, ...]) -> str:
     invitation = engine.load(refund.reference)
     batch = Batch()
-    _seen(batch, seen, refund.refund_no, now)
+    add_seen(batch, seen, refund.refund_no, now)
     batch.update(
         "refund",
         refund,

@@ -14,19 +14,27 @@ APIv3 key below is a constant in the source. Both are public, so anyone can sign
   module), so a callback signed with this key names a serial production does not know and
   is rejected ``unknown_serial`` before anything is parsed.
 
-What it does (reference/payments.md §1.1–§1.6, §6.4): it keeps its own side of each payment
-and refund (``chalicelib.models.sandbox``: what WeChat Pay would hold), answers
+What it does (reference/payments.md §1.1–§1.7, §6.4): it keeps its own side of each payment,
+refund and transfer (``chalicelib.models.sandbox``: what WeChat Pay would hold), answers
 ``create_payment`` with JSAPI-style client parameters, and answers queries, closes and
-refunds as WeChat does. :func:`pay` (behind the local-only route
-``POST /v1/sandbox/orders/{order_id}/pay``) plays the payer and WeChat: it moves the order
-and POSTs a signed, AES-256-GCM-encrypted notification (``Wechatpay-*`` headers, signature
-over ``timestamp\\nnonce\\nbody\\n``) to ``Settings.sandbox_callback_url``, where the same
-``verify_notification`` that checks WeChat's callbacks checks it. :class:`PayInstruction`
-asks it to duplicate, delay, drop or tamper with that notification, to pay an order that
-was already closed, and how to treat the order's later refunds.
+refunds as WeChat does. It pays doctors out as WeChat's 商家转账 does: ``payout`` accepts a
+transfer bill (a WeChat payee must confirm it: WAIT_USER_CONFIRM with a ``package_info``;
+Alipay and bank-card payees: PROCESSING), and the bill stays there until told otherwise —
+it never completes on its own, so tests and ``make run`` demos decide what the payee does.
+:func:`pay` (behind the local-only route ``POST /v1/sandbox/orders/{order_id}/pay``) plays
+the payer and WeChat for a payment order, and the payee and WeChat for a transfer bill
+(``order_id`` is then its ``out_bill_no``): it moves the order or bill and POSTs a signed,
+AES-256-GCM-encrypted notification (TRANSACTION.* or MCHTRANSFER.BILL.FINISHED;
+``Wechatpay-*`` headers, signature over ``timestamp\\nnonce\\nbody\\n``) to
+``Settings.sandbox_callback_url``, where the same ``verify_notification`` that checks
+WeChat's callbacks checks it. :class:`PayInstruction` says what happens (paid, closed;
+transfer succeeded, failed, cancelled, expired unconfirmed), asks it to duplicate, delay,
+drop or tamper with that notification, to pay an order that was already closed, and how to
+treat the order's later refunds.
 
-Background work (delayed deliveries, refund results) runs in daemon threads: right for
-``chalice local`` and the tests; on Lambda a thread runs only while the container is warm.
+Background work (delayed deliveries, refund results, cancelled transfers) runs in daemon
+threads: right for ``chalice local`` and the tests; on Lambda a thread runs only while the
+container is warm.
 
 Example
 -------
@@ -35,6 +43,10 @@ Example
 'prepay_id=sbx_prepay_…'
 >>> pay("PAY-1", PayInstruction(deliveries=2), now)["deliveries"]  # doctest: +SKIP
 [{'status': 204, 'body': ''}, {'status': 204, 'body': ''}]
+>>> provider.payout(PayoutRequest("WD-1", 10000, "wechat", {"openid": "o-1"}, "Withdrawal")).state  # doctest: +SKIP
+'wait_user_confirm'
+>>> pay("WD-1", PayInstruction(outcome="success"), now)["state"]  # doctest: +SKIP
+'SUCCESS'
 """
 
 from __future__ import annotations
@@ -60,13 +72,23 @@ from chalicelib.clock import SHANGHAI, iso, utc_now
 from chalicelib.config import get_settings
 from chalicelib.errors import ApiError
 from chalicelib.models.ledger import LedgerTable
-from chalicelib.models.sandbox import PAYMENT_SK, SandboxPayment, SandboxRefund, refund_sk, sandbox_pk
+from chalicelib.models.sandbox import (
+    FINAL_PAYOUT_STATES,
+    PAYMENT_SK,
+    PAYOUT_SK,
+    SandboxPayment,
+    SandboxPayout,
+    SandboxRefund,
+    refund_sk,
+    sandbox_pk,
+)
 from chalicelib.models.transactions import Batch, TransactionCancelledError, busy
 from chalicelib.observability import logger
 from chalicelib.payments.provider import (
     HttpReply,
     PaymentIntent,
     PaymentStatus,
+    PayoutStatus,
     ProviderError,
     RefundStatus,
 )
@@ -89,6 +111,8 @@ if TYPE_CHECKING:
         Channel,
         PaymentRequest,
         PaymentState,
+        PayoutRequest,
+        PayoutState,
         ProviderEvent,
         RefundRequest,
         RefundState,
@@ -121,6 +145,8 @@ UNKNOWN_SERIAL: Final = "PUB_KEY_ID_UNKNOWN000000000000000099"
 PRIVATE_KEY_PATH: Final = Path(__file__).with_name("sandbox_platform_key.pem")
 DELIVERY_TIMEOUT_S: Final = 5.0
 REFUND_RESULT_DELAY_S: Final = 0.2
+PAYOUT_RESULT_DELAY_S: Final = 0.2
+"""How long after ``cancel_payout`` the sandbox sends the cancelled transfer's notification."""
 STALE_BY_S: Final = 600
 
 _APP_IDS: Final = {"jsapi_mp": "wx-sandbox-mp", "jsapi_oa": "wx-sandbox-oa"}
@@ -134,6 +160,25 @@ _REFUND_STATES: Final[dict[str, RefundState]] = {
     "SUCCESS": "succeeded",
     "ABNORMAL": "failed",
 }
+_PAYOUT_STATES: Final[dict[str, PayoutState]] = {
+    "ACCEPTED": "processing",
+    "PROCESSING": "processing",
+    "TRANSFERING": "processing",
+    "CANCELING": "processing",
+    "WAIT_USER_CONFIRM": "wait_user_confirm",
+    "SUCCESS": "succeeded",
+    "FAIL": "failed",
+    "CANCELLED": "cancelled",
+}
+_PAYEE_KINDS: Final = ("wechat", "alipay", "bank_card")
+_TRANSFER_OUTCOMES: Final[dict[str, tuple[str, str | None]]] = {
+    "success": ("SUCCESS", None),
+    "fail": ("FAIL", "PAYEE_ACCOUNT_ABNORMAL"),
+    "cancel": ("CANCELLED", "MERCHANT_REVOCATION"),
+    "expire": ("FAIL", "OVERDUE_CLOSE"),
+}
+"""What :func:`pay` does to a transfer bill: outcome → (WeChat's final ``state``, its ``fail_reason``)."""
+_PAYMENT_OUTCOMES: Final = ("success", "close")
 # WeChat's summaries and descriptions, as \u escapes (支付成功, 订单已关闭, 退款成功, 退款异常, 失败, 支付用户零钱)
 _PAID_ZH: Final = "\u652f\u4ed8\u6210\u529f"
 _CLOSED_ZH: Final = "\u8ba2\u5355\u5df2\u5173\u95ed"
@@ -141,6 +186,7 @@ _REFUNDED_ZH: Final = "\u9000\u6b3e\u6210\u529f"
 _REFUND_ABNORMAL_ZH: Final = "\u9000\u6b3e\u5f02\u5e38"
 _FAIL_ZH: Final = "\u5931\u8d25"
 _CHANGE_ACCOUNT_ZH: Final = "\u652f\u4ed8\u7528\u6237\u96f6\u94b1"
+_TRANSFER_FINISHED_ZH: Final = "\u5546\u5bb6\u8f6c\u8d26\u5355\u636e\u7ec8\u6001\u901a\u77e5"  # 商家转账单据终态通知
 
 
 # -- keys ------------------------------------------------------------------------------------------
@@ -283,6 +329,13 @@ def _get_refund(out_trade_no: str, out_refund_no: str) -> SandboxRefund | None:
         return None
 
 
+def _get_payout(out_bill_no: str) -> SandboxPayout | None:
+    try:
+        return SandboxPayout.get(sandbox_pk(out_bill_no), PAYOUT_SK, consistent_read=True)
+    except SandboxPayout.DoesNotExist:
+        return None
+
+
 def _condition_failed(error: PutError | UpdateError) -> bool:
     return error.cause_response_code == _CONDITION_FAILED
 
@@ -298,6 +351,44 @@ def _refund_status(refund: SandboxRefund) -> RefundStatus:
         refund_id=refund.refund_id,
         amount_fen=int(refund.amount_fen),
     )
+
+
+def _payout_not_found(out_bill_no: str) -> ProviderError:
+    return ProviderError("payout_not_found", f"no sandbox transfer {out_bill_no}", retryable=False)
+
+
+def _payout_status(transfer: SandboxPayout) -> PayoutStatus:
+    return PayoutStatus(
+        out_bill_no=transfer.out_bill_no,
+        state=_PAYOUT_STATES[transfer.state],
+        bill_id=transfer.transfer_bill_no,
+        amount_fen=int(transfer.amount_fen),
+        package_info=transfer.package_info if transfer.state == "WAIT_USER_CONFIRM" else None,
+        fail_reason=transfer.fail_reason,
+    )
+
+
+def _masked_account(payee_kind: str, payee: Mapping[str, str]) -> str:
+    """What an Alipay or bank-card transfer keeps of its payee: enough to recognise, not to reuse."""
+    if payee_kind == "bank_card":
+        number = payee.get("card_number", "")
+        return f"{payee.get('bank', '')} ****{number[-4:]}".strip()
+    account = payee.get("account", "")
+    if "@" in account:
+        name, _, domain = account.partition("@")
+        return f"{name[:1]}***@{domain}"
+    return f"{account[:3]}****{account[-4:]}" if len(account) > 7 else "****"
+
+
+def _check_payout(request: PayoutRequest) -> None:
+    """Refuse what WeChat (or Alipay) would refuse: PARAM_ERROR-type answers, never retryable."""
+    if isinstance(request.amount_fen, bool) or not isinstance(request.amount_fen, int) or request.amount_fen < 1:
+        raise ProviderError("invalid_amount", f"transfer amount {request.amount_fen!r} is under 1 fen", retryable=False)
+    if request.payee_kind not in _PAYEE_KINDS:
+        raise ProviderError("invalid_payee", f"unknown payee kind {request.payee_kind!r}", retryable=False)
+    needed = {"wechat": "openid", "alipay": "account", "bank_card": "card_number"}[request.payee_kind]
+    if not request.payee.get(needed):
+        raise ProviderError("invalid_payee", f"a {request.payee_kind} payee needs {needed}", retryable=False)
 
 
 def _payment_notification(payment: SandboxPayment) -> tuple[dict[str, str], dict[str, Any]]:
@@ -365,6 +456,29 @@ def _refund_notification(refund: SandboxRefund) -> tuple[dict[str, str], dict[st
     return event, resource
 
 
+def _transfer_notification(transfer: SandboxPayout) -> tuple[dict[str, str], dict[str, Any]]:
+    """The event fields and the decrypted ``mch_payment`` resource of a transfer's MCHTRANSFER.BILL.FINISHED."""
+    resource: dict[str, Any] = {
+        "out_bill_no": transfer.out_bill_no,
+        "transfer_bill_no": transfer.transfer_bill_no,
+        "state": transfer.state,
+        "mch_id": SANDBOX_MCHID,
+        "transfer_amount": int(transfer.amount_fen),
+    }
+    if transfer.payee_openid:
+        resource["openid"] = transfer.payee_openid
+    if transfer.fail_reason:
+        resource["fail_reason"] = transfer.fail_reason
+    resource.update(create_time=transfer.create_time, update_time=transfer.update_time)
+    event = {
+        "id": transfer.event_id or "",
+        "create_time": transfer.update_time,
+        "event_type": "MCHTRANSFER.BILL.FINISHED",
+        "summary": _TRANSFER_FINISHED_ZH,
+    }
+    return event, resource
+
+
 def _sign(
     event: dict[str, str],
     resource: dict[str, Any],
@@ -391,8 +505,8 @@ def _sign(
 class SandboxProvider:
     """WeChat Pay v3, played locally: the ``Provider`` of channel ``sandbox``.
 
-    ``deliver`` sends the notifications the provider makes on its own (refund results);
-    by default :func:`deliver_http` to ``Settings.sandbox_callback_url``. Refuses to be
+    ``deliver`` sends the notifications the provider makes on its own (refund results,
+    cancelled transfers); by default :func:`deliver_http` to ``Settings.sandbox_callback_url``. Refuses to be
     built unless ``Settings.sandbox_payments`` (never on prod).
     """
 
@@ -614,6 +728,97 @@ class SandboxProvider:
             raise ProviderError("refund_not_found", f"no sandbox refund {out_refund_no}", retryable=False)
         return _refund_status(refund)
 
+    # payouts (WeChat 商家转账: transfer bills)
+
+    def payout(self, request: PayoutRequest) -> PayoutStatus:
+        """Accept a transfer bill, once per ``out_bill_no``; it stays non-final until :func:`pay` moves it.
+
+        A WeChat payee (``payee["openid"]``) must confirm it in WeChat: WAIT_USER_CONFIRM,
+        answered ``wait_user_confirm`` with the ``package_info`` the payee's WeChat needs;
+        an Alipay (``account``) or bank-card (``card_number``) payee: PROCESSING. The same
+        number again with the same amount and payee kind answers the stored bill (nothing
+        new); otherwise ``out_bill_no_used``. Under 1 fen ``invalid_amount``, a payee without
+        its identifier ``invalid_payee``. None of these errors is retryable.
+        """
+        _check_payout(request)
+        now = utc_now()
+        wechat = request.payee_kind == "wechat"
+        transfer = SandboxPayout(
+            sandbox_pk(request.out_bill_no),
+            PAYOUT_SK,
+            out_bill_no=request.out_bill_no,
+            transfer_bill_no=_new_id("sbx_tb_"),
+            amount_fen=request.amount_fen,
+            payee_kind=request.payee_kind,
+            payee_openid=request.payee["openid"] if wechat else None,
+            payee_account=None if wechat else _masked_account(request.payee_kind, request.payee),
+            remark=request.remark,
+            state="WAIT_USER_CONFIRM" if wechat else "PROCESSING",
+            package_info=_new_id("sbx_pkg_") if wechat else None,
+            create_time=_wechat_time(now),
+            update_time=_wechat_time(now),
+            created_at=iso(now),
+            updated_at=iso(now),
+        )
+        try:
+            transfer.save(condition=SandboxPayout.pk.does_not_exist())
+        except PutError as error:
+            if not _condition_failed(error):
+                raise
+            existing = _get_payout(request.out_bill_no)
+            if existing is None:  # pragma: no cover - transfers are never deleted
+                raise
+            if int(existing.amount_fen) != request.amount_fen or existing.payee_kind != request.payee_kind:
+                raise ProviderError(
+                    "out_bill_no_used",
+                    f"{request.out_bill_no} was sent with another amount or payee",
+                    retryable=False,
+                ) from None
+            transfer = existing
+        return _payout_status(transfer)
+
+    def query_payout(self, out_bill_no: str) -> PayoutStatus:
+        """The bill as the sandbox holds it; ``payout_not_found`` when it was never received."""
+        transfer = _get_payout(out_bill_no)
+        if transfer is None:
+            raise _payout_not_found(out_bill_no)
+        return _payout_status(transfer)
+
+    def cancel_payout(self, out_bill_no: str) -> PayoutStatus:
+        """A non-final bill → CANCELLED (MERCHANT_REVOCATION), its notification ~0.2 s later.
+
+        A CANCELLED bill answers ``cancelled`` again (nothing is sent); a SUCCESS or FAIL one
+        is ``invalid_state``, an unknown one ``payout_not_found`` (neither retryable).
+        """
+        for _attempt in range(5):
+            transfer = _get_payout(out_bill_no)
+            if transfer is None:
+                raise _payout_not_found(out_bill_no)
+            if transfer.state == "CANCELLED":
+                return _payout_status(transfer)
+            if transfer.state in FINAL_PAYOUT_STATES:
+                raise ProviderError(
+                    "invalid_state", f"{out_bill_no} is {transfer.state}: it cannot be cancelled", retryable=False
+                )
+            try:
+                _finish_transfer(transfer, "CANCELLED", "MERCHANT_REVOCATION", utc_now())
+            except UpdateError as error:
+                if not _condition_failed(error):
+                    raise
+                continue  # the payee or another call moved it meanwhile: decide again
+            _in_background(
+                PAYOUT_RESULT_DELAY_S,
+                functools.partial(self._send_transfer_result, transfer),
+                "payout-cancelled",
+            )
+            return _payout_status(transfer)
+        raise ProviderError(  # pragma: no cover - five lost races in a row
+            "FREQUENCY_LIMITED", f"{out_bill_no} keeps changing: retry", retryable=True
+        )
+
+    def _send_transfer_result(self, transfer: SandboxPayout) -> None:
+        _send_transfer_notification(transfer, self._deliver)
+
     # callbacks
 
     def parse_callback(self, headers: Mapping[str, str], body: bytes, now: datetime) -> ProviderEvent | None:
@@ -633,6 +838,29 @@ class SandboxProvider:
 def _send_refund_notification(refund: SandboxRefund, deliver: Deliver) -> tuple[int, str]:
     event, resource = _refund_notification(refund)
     headers, body = _sign(event, resource, at=utc_now().timestamp(), associated_data="refund")
+    return _guarded(deliver, headers, body)
+
+
+def _finish_transfer(transfer: SandboxPayout, state: str, fail_reason: str | None, now: datetime) -> None:
+    """Move a non-final bill to a final ``state`` with one conditional write on the state it leaves.
+
+    A new event id is its MCHTRANSFER.BILL.FINISHED notification's; ``transfer`` is refreshed
+    in place. Raises ``UpdateError`` (condition failed) when the bill moved meanwhile.
+    """
+    actions: list[Any] = [
+        SandboxPayout.state.set(state),
+        SandboxPayout.event_id.set(_new_id("sbx_ev_")),
+        SandboxPayout.update_time.set(_wechat_time(now)),
+        SandboxPayout.updated_at.set(iso(now)),
+    ]
+    if fail_reason is not None:
+        actions.append(SandboxPayout.fail_reason.set(fail_reason))
+    transfer.update(actions=actions, condition=SandboxPayout.state == transfer.state)
+
+
+def _send_transfer_notification(transfer: SandboxPayout, deliver: Deliver) -> tuple[int, str]:
+    event, resource = _transfer_notification(transfer)
+    headers, body = _sign(event, resource, at=utc_now().timestamp(), associated_data="mch_payment")
     return _guarded(deliver, headers, body)
 
 
@@ -663,14 +891,20 @@ def finish_refund(out_trade_no: str, out_refund_no: str, *, deliver: Deliver | N
     return _send_refund_notification(refund, deliver or deliver_http)
 
 
-# -- paying an order (the sandbox route) -----------------------------------------------------------
+# -- paying an order, or playing a transfer's payee (the sandbox route) ----------------------------
 
 
 class PayInstruction(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """What the sandbox payer and provider do to an order (body of ``POST /v1/sandbox/orders/{id}/pay``)."""
+    """What the sandbox payer, payee and provider do (body of ``POST /v1/sandbox/orders/{id}/pay``).
 
-    outcome: Literal["success", "close"] = "success"
-    """``success``: the payer pays; ``close``: the order closes unpaid (a TRANSACTION.CLOSED-type notification)."""
+    The id names a payment order (``out_trade_no``) or a transfer bill (``out_bill_no``).
+    """
+
+    outcome: Literal["success", "close", "fail", "cancel", "expire"] = "success"
+    """A payment order: ``success`` the payer pays; ``close`` it closes unpaid (a TRANSACTION.CLOSED-type
+    notification). A transfer bill: ``success`` the payee confirmed / the bank credited (SUCCESS); ``fail`` FAIL
+    (PAYEE_ACCOUNT_ABNORMAL); ``cancel`` CANCELLED (MERCHANT_REVOCATION); ``expire`` FAIL (OVERDUE_CLOSE: not
+    confirmed within 24 h, only from WAIT_USER_CONFIRM). Each sends MCHTRANSFER.BILL.FINISHED."""
     deliveries: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
     """Copies of the same notification (same event id): a provider retrying."""
     concurrent: bool = False
@@ -682,17 +916,23 @@ class PayInstruction(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     tamper: Literal["body", "timestamp", "serial", "signtest", "amount", "signature"] | None = None
     """Spoil every copy: ``body`` one byte changed after signing; ``timestamp`` signed 600 s ago; ``serial`` an
     unknown serial; ``signtest`` a ``WECHATPAY/SIGNTEST/`` probe; ``amount`` a correctly signed notification for
-    the order amount + 1; ``signature`` signed with a key nobody knows. The order's state changes all the same."""
+    the order's (or transfer's) amount + 1; ``signature`` signed with a key nobody knows. The state changes all
+    the same."""
     late: bool = False
-    """Allow paying a CLOSED order: the payer's money arrived just before the close."""
+    """Allow paying a CLOSED order: the payer's money arrived just before the close. Payment orders only."""
     refund_behaviour: Literal["succeed", "processing", "fail", "abnormal"] | None = None
-    """How the order's later refunds go. Sent alone (everything else default) on a paid order it is only stored."""
+    """How the order's later refunds go. Sent alone (everything else default) on a paid order it is only stored.
+    Payment orders only."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.deliveries <= 5:
             raise ValueError("deliveries must be from 1 to 5")
         if not 0 <= self.delay_seconds <= 30:
             raise ValueError("delay_seconds must be from 0 to 30")
+
+
+_Copy = Callable[[str | None, Callable[[], float], str | None], tuple[dict[str, str], bytes]]
+"""Make one signed copy of a notification: ``(tamper, signing clock, stranger's key PEM or None)``."""
 
 
 def _closed_error(order_id: str) -> ApiError:
@@ -705,12 +945,24 @@ def _closed_error(order_id: str) -> ApiError:
     )
 
 
+def _outcome_invalid(order_id: str, outcome: str, what: str, allowed: tuple[str, ...]) -> ApiError:
+    return ApiError(
+        422,
+        "sandbox_outcome_invalid",
+        f"Outcome {outcome!r} does not apply to a sandbox {what}; it takes {', '.join(allowed)}",
+        "\u6b64\u7ed3\u679c\u4e0d\u9002\u7528\u4e8e\u8be5\u6c99\u7bb1\u5355\u636e",  # 此结果不适用于该沙箱单据
+        {"order_id": order_id, "outcome": outcome, "allowed": list(allowed)},
+    )
+
+
 def _transition(payment: SandboxPayment, instruction: PayInstruction, now: datetime) -> tuple[SandboxPayment, bool]:
     """Apply the instruction to the order with one conditional write; answer (the order, send a notification?).
 
     Raises ``UpdateError`` (condition failed) when the order moved meanwhile: the caller reloads and retries.
     """
     order_id = payment.out_trade_no
+    if instruction.outcome not in _PAYMENT_OUTCOMES:
+        raise _outcome_invalid(order_id, instruction.outcome, "payment order", _PAYMENT_OUTCOMES)
     behaviour = (
         [SandboxPayment.refund_behaviour.set(instruction.refund_behaviour)] if instruction.refund_behaviour else []
     )
@@ -748,6 +1000,72 @@ def _transition(payment: SandboxPayment, instruction: PayInstruction, now: datet
     return payment, True
 
 
+def _transfer_transition(
+    transfer: SandboxPayout, instruction: PayInstruction, now: datetime
+) -> tuple[SandboxPayout, bool]:
+    """Apply the instruction to a transfer bill with one conditional write; answer (the bill, send?).
+
+    A final bill re-sends its notification (same event id) when the outcome is the one that
+    made it (``success`` on SUCCESS…), else 409 ``sandbox_transfer_final``. Raises
+    ``UpdateError`` (condition failed) when the bill moved meanwhile: the caller reloads and retries.
+    """
+    out_bill_no = transfer.out_bill_no
+    target = _TRANSFER_OUTCOMES.get(instruction.outcome)
+    if target is None:
+        raise _outcome_invalid(out_bill_no, instruction.outcome, "transfer", tuple(_TRANSFER_OUTCOMES))
+    if instruction.late or instruction.refund_behaviour is not None:
+        raise ApiError(
+            422,
+            "sandbox_instruction_invalid",
+            "late and refund_behaviour apply to sandbox payment orders only, not to transfers",
+            "\u8be5\u53c2\u6570\u4ec5\u9002\u7528\u4e8e\u652f\u4ed8\u8ba2\u5355",  # 该参数仅适用于支付订单
+            {"order_id": out_bill_no, "fields": ["late", "refund_behaviour"]},
+        )
+    state, fail_reason = target
+    if transfer.state in FINAL_PAYOUT_STATES:
+        if (transfer.state, transfer.fail_reason) == (state, fail_reason):
+            return transfer, True  # the same final notification again: a provider retry
+        raise ApiError(
+            409,
+            "sandbox_transfer_final",
+            f"The sandbox transfer is already final ({transfer.state})",
+            "\u8be5\u6c99\u7bb1\u8f6c\u8d26\u5df2\u662f\u7ec8\u6001",  # 该沙箱转账已是终态
+            {"order_id": out_bill_no, "state": transfer.state, "fail_reason": transfer.fail_reason},
+        )
+    if instruction.outcome == "expire" and transfer.state != "WAIT_USER_CONFIRM":
+        raise ApiError(
+            409,
+            "sandbox_transfer_not_waiting",
+            f"Only a transfer waiting for the payee's confirmation can expire; this one is {transfer.state}",
+            # 该沙箱转账不在等待收款人确认
+            "\u8be5\u6c99\u7bb1\u8f6c\u8d26\u4e0d\u5728\u7b49\u5f85\u6536\u6b3e\u4eba\u786e\u8ba4",
+            {"order_id": out_bill_no, "state": transfer.state},
+        )
+    _finish_transfer(transfer, state, fail_reason, now)
+    return transfer, True
+
+
+def _signed_copy(
+    event: dict[str, str],
+    resource: dict[str, Any],
+    *,
+    associated_data: str,
+    tamper: str | None,
+    at: Callable[[], float],
+    stranger_pem: str | None,
+) -> tuple[dict[str, str], bytes]:
+    """Sign one copy of a notification, spoiled as ``tamper`` says (``amount`` is the caller's: it knows the field)."""
+    timestamp = at() - STALE_BY_S if tamper == "timestamp" else at()
+    headers, body = _sign(event, resource, at=timestamp, associated_data=associated_data, private_pem=stranger_pem)
+    if tamper == "body":
+        body = _flip_one_byte(body)
+    elif tamper == "serial":
+        headers[H_SERIAL] = UNKNOWN_SERIAL
+    elif tamper == "signtest":
+        headers[H_SIGNATURE] = SIGNTEST_PREFIX + headers[H_SIGNATURE]
+    return headers, body
+
+
 def _payment_copy(
     payment: SandboxPayment, tamper: str | None, at: Callable[[], float], stranger_pem: str | None
 ) -> tuple[dict[str, str], bytes]:
@@ -757,15 +1075,17 @@ def _payment_copy(
         resource["amount"] = {**resource["amount"], "total": int(payment.amount_fen) + 1}
         if "payer_total" in resource["amount"]:
             resource["amount"]["payer_total"] = int(payment.amount_fen) + 1
-    timestamp = at() - STALE_BY_S if tamper == "timestamp" else at()
-    headers, body = _sign(event, resource, at=timestamp, associated_data="transaction", private_pem=stranger_pem)
-    if tamper == "body":
-        body = _flip_one_byte(body)
-    elif tamper == "serial":
-        headers[H_SERIAL] = UNKNOWN_SERIAL
-    elif tamper == "signtest":
-        headers[H_SIGNATURE] = SIGNTEST_PREFIX + headers[H_SIGNATURE]
-    return headers, body
+    return _signed_copy(event, resource, associated_data="transaction", tamper=tamper, at=at, stranger_pem=stranger_pem)
+
+
+def _transfer_copy(
+    transfer: SandboxPayout, tamper: str | None, at: Callable[[], float], stranger_pem: str | None
+) -> tuple[dict[str, str], bytes]:
+    """One signed copy of the bill's MCHTRANSFER.BILL.FINISHED, spoiled as ``tamper`` says."""
+    event, resource = _transfer_notification(transfer)
+    if tamper == "amount":
+        resource["transfer_amount"] = int(transfer.amount_fen) + 1
+    return _signed_copy(event, resource, associated_data="mch_payment", tamper=tamper, at=at, stranger_pem=stranger_pem)
 
 
 def _flip_one_byte(body: bytes) -> bytes:
@@ -776,50 +1096,20 @@ def _flip_one_byte(body: bytes) -> bytes:
     return body[:at] + replacement + body[at + 1 :]
 
 
-def pay(order_id: str, instruction: PayInstruction, now: datetime, deliver: Deliver | None = None) -> dict[str, Any]:
-    """Play the payer and WeChat Pay for one order (``order_id`` is the ``out_trade_no``).
+def _send_as_told(
+    report: dict[str, Any], instruction: PayInstruction, notify: bool, copy: _Copy, now: datetime, send: Deliver
+) -> dict[str, Any]:
+    """Send the notification ``copy`` makes as the instruction says (copies, concurrency, delay, drop, tamper).
 
-    NOTPAY + ``success`` → SUCCESS (a ``sbx_tx_…`` transaction id, a new event id) and its
-    TRANSACTION.SUCCESS notification; NOTPAY + ``close`` → CLOSED and a TRANSACTION.CLOSED
-    notification; a paid order → the same notification again (same event id), or 409
-    ``sandbox_order_paid`` for ``close``; a CLOSED order → 409 ``sandbox_order_closed``
-    unless ``late`` (then it is paid); an unknown order → 404 ``sandbox_order_not_found``.
-    Notifications are signed at ``now`` (plus the time spent, for delayed ones).
-
-    Answers ``{"order_id", "state", "transaction_id", "deliveries": [{"status", "body"}…]
-    (the synchronous ones), "scheduled" (sent later from a thread), "dropped", "tampered"}``.
+    Fills in ``report``'s ``deliveries`` (the synchronous ones), ``scheduled``, ``dropped``
+    and ``tampered``, and answers it.
     """
-    _require_enabled()
-    send = deliver or deliver_http
-    for _attempt in range(5):
-        payment = _get_payment(order_id)
-        if payment is None:
-            raise ApiError(
-                404,
-                "sandbox_order_not_found",
-                "No such sandbox order",
-                "\u6c99\u7bb1\u8ba2\u5355\u4e0d\u5b58\u5728",  # 沙箱订单不存在
-                {"order_id": order_id},
-            )
-        try:
-            payment, notify = _transition(payment, instruction, now)
-            break
-        except UpdateError as error:
-            if not _condition_failed(error):
-                raise
-            # another request moved the order meanwhile: decide again on what it is now
-    else:  # pragma: no cover - five lost races in a row
-        raise busy()
-
-    report: dict[str, Any] = {
-        "order_id": order_id,
-        "state": payment.state,
-        "transaction_id": payment.transaction_id,
-        "deliveries": [],
-        "scheduled": 0,
-        "dropped": bool(instruction.drop and notify),
-        "tampered": instruction.tamper if notify and not instruction.drop else None,
-    }
+    report.update(
+        deliveries=[],
+        scheduled=0,
+        dropped=bool(instruction.drop and notify),
+        tampered=instruction.tamper if notify and not instruction.drop else None,
+    )
     if not notify or instruction.drop:
         return report
 
@@ -830,8 +1120,9 @@ def pay(order_id: str, instruction: PayInstruction, now: datetime, deliver: Deli
         return now.timestamp() + (time.monotonic() - started)
 
     def make() -> tuple[dict[str, str], bytes]:
-        return _payment_copy(payment, instruction.tamper, at, stranger_pem)
+        return copy(instruction.tamper, at, stranger_pem)
 
+    order_id = report["order_id"]
     count, concurrent = instruction.deliveries, instruction.concurrent
     if instruction.delay_seconds:
 
@@ -848,3 +1139,64 @@ def pay(order_id: str, instruction: PayInstruction, now: datetime, deliver: Deli
             {"status": status, "body": body} for status, body in _send_copies(make, count, concurrent, send)
         ]
     return report
+
+
+def pay(order_id: str, instruction: PayInstruction, now: datetime, deliver: Deliver | None = None) -> dict[str, Any]:
+    """Play the payer and WeChat Pay for one order, or the payee and WeChat for one transfer bill.
+
+    A payment order (``order_id`` is the ``out_trade_no``): NOTPAY + ``success`` → SUCCESS (a
+    ``sbx_tx_…`` transaction id, a new event id) and its TRANSACTION.SUCCESS notification;
+    NOTPAY + ``close`` → CLOSED and a TRANSACTION.CLOSED notification; a paid order → the
+    same notification again (same event id), or 409 ``sandbox_order_paid`` for ``close``; a
+    CLOSED order → 409 ``sandbox_order_closed`` unless ``late`` (then it is paid);
+    ``fail``/``cancel``/``expire`` → 422 ``sandbox_outcome_invalid``.
+
+    A transfer bill (``order_id`` is the ``out_bill_no``; looked up when no payment order has
+    that number): ``success`` → SUCCESS, ``fail`` → FAIL (PAYEE_ACCOUNT_ABNORMAL), ``cancel`` →
+    CANCELLED (MERCHANT_REVOCATION), ``expire`` → FAIL (OVERDUE_CLOSE; only from
+    WAIT_USER_CONFIRM, else 409 ``sandbox_transfer_not_waiting``), each with a new event id
+    and its MCHTRANSFER.BILL.FINISHED notification; a final bill → the same notification
+    again for the outcome that made it, else 409 ``sandbox_transfer_final``; ``close`` → 422
+    ``sandbox_outcome_invalid``; ``late``/``refund_behaviour`` → 422 ``sandbox_instruction_invalid``.
+
+    Neither → 404 ``sandbox_order_not_found``. Notifications are signed at ``now`` (plus the
+    time spent, for delayed ones). Answers ``{"order_id", "state" (WeChat's), "transaction_id"
+    (a bill's ``transfer_bill_no``), "deliveries": [{"status", "body"}…] (the synchronous
+    ones), "scheduled" (sent later from a thread), "dropped", "tampered"}``.
+    """
+    _require_enabled()
+    send = deliver or deliver_http
+    for _attempt in range(5):
+        payment = _get_payment(order_id)
+        transfer = _get_payout(order_id) if payment is None else None
+        try:
+            if payment is not None:
+                payment, notify = _transition(payment, instruction, now)
+            elif transfer is not None:
+                transfer, notify = _transfer_transition(transfer, instruction, now)
+            else:
+                raise ApiError(
+                    404,
+                    "sandbox_order_not_found",
+                    "No such sandbox order",
+                    "\u6c99\u7bb1\u8ba2\u5355\u4e0d\u5b58\u5728",  # 沙箱订单不存在
+                    {"order_id": order_id},
+                )
+            break
+        except UpdateError as error:
+            if not _condition_failed(error):
+                raise
+            # another request moved the order meanwhile: decide again on what it is now
+    else:  # pragma: no cover - five lost races in a row
+        raise busy()
+
+    if payment is not None:
+        report: dict[str, Any] = {
+            "order_id": order_id,
+            "state": payment.state,
+            "transaction_id": payment.transaction_id,
+        }
+        return _send_as_told(report, instruction, notify, functools.partial(_payment_copy, payment), now, send)
+    assert transfer is not None  # the loop leaves with one or the other
+    report = {"order_id": order_id, "state": transfer.state, "transaction_id": transfer.transfer_bill_no}
+    return _send_as_told(report, instruction, notify, functools.partial(_transfer_copy, transfer), now, send)

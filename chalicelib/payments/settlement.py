@@ -34,11 +34,12 @@ from chalicelib.invitations.machine import AWAITING_PAYMENT, CLOSED, SYSTEM
 from chalicelib.ledger import accounts
 from chalicelib.ledger.journal import Posting, post
 from chalicelib.models.invitations import Invitation
-from chalicelib.models.ledger import PaymentOrder, ProviderSeen
+from chalicelib.models.ledger import PaymentOrder
 from chalicelib.models.transactions import Batch, TransactionCancelledError, busy
 from chalicelib.notifications.outbox import add_notice
 from chalicelib.observability import logger
 from chalicelib.payments import orders, refunds
+from chalicelib.payments.dedupe import add_seen, seen_key
 
 
 class AmountMismatchError(Exception):
@@ -54,10 +55,6 @@ class Outcome:
     transaction_id: str | None = None
     amount_fen: int | None = None
     currency: str | None = None
-
-
-def seen_key(channel: str, kind: str, ref: str) -> str:
-    return f"PROVIDER#{channel}#{kind}#{ref}"
 
 
 def apply_payment(outcome: Outcome, now: datetime, *, event_id: str | None = None) -> str:
@@ -88,19 +85,16 @@ def apply_payment(outcome: Outcome, now: datetime, *, event_id: str | None = Non
     return "ignored"
 
 
-def _seen_keys(order: PaymentOrder, outcome: Outcome, event_id: str | None) -> list[tuple[str, str]]:
-    keys = [("seen:txn", seen_key(order.channel, "txn", outcome.transaction_id or order.order_id))]
+def _seen_keys(order: PaymentOrder, outcome: Outcome, event_id: str | None) -> list[str]:
+    keys = [seen_key(order.channel, "txn", outcome.transaction_id or order.order_id)]
     if event_id:
-        keys.append(("seen:event", seen_key(order.channel, "event", event_id)))
+        keys.append(seen_key(order.channel, "event", event_id))
     return keys
 
 
 def _paid(order: PaymentOrder, outcome: Outcome, now: datetime, event_id: str | None) -> str:
     batch = Batch()
-    for name, key in _seen_keys(order, outcome, event_id):
-        seen = ProviderSeen(key, "SEEN")
-        seen.order_id, seen.created_at = order.order_id, iso(now)
-        batch.put(name, seen, condition=ProviderSeen.pk.does_not_exist())
+    add_seen(batch, _seen_keys(order, outcome, event_id), order.order_id, now)
     batch.update(
         "order",
         order,

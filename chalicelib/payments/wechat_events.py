@@ -2,7 +2,9 @@
 
 Shared by the WeChat adapter and the sandbox, which speaks the same wire format. Amounts
 stay in fen as WeChat sends them; anything we do not act on (another event type, a
-payment still open) becomes None, to be acknowledged and logged, never applied.
+payment still open, a transfer not final yet) becomes None, to be acknowledged and logged,
+never applied. Covers payments (``TRANSACTION.*``), refunds (``REFUND.*``) and merchant
+transfers to payees (``MCHTRANSFER.*``: the 商家转账 bill's SUCCESS, FAIL or CANCELLED).
 
 Example
 -------
@@ -28,6 +30,13 @@ _REFUND_STATES: dict[str, EventKind] = {
 }
 
 
+_PAYOUT_STATES: dict[str, EventKind] = {
+    "SUCCESS": "payout_succeeded",
+    "FAIL": "payout_failed",
+    "CANCELLED": "payout_cancelled",
+}
+
+
 class MalformedEventError(ValueError):
     """A verified notification whose resource lacks what its type requires (alert: the provider changed)."""
 
@@ -47,8 +56,16 @@ def _amount(resource: dict[str, Any], name: str) -> tuple[int, str | None]:
     return amount[name], currency if isinstance(currency, str) else None
 
 
+def _whole_fen(resource: dict[str, Any], name: str) -> int:
+    value = resource.get(name)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise MalformedEventError(f"resource field {name} missing")
+    return value
+
+
 def payment_event(channel: Channel, notification: Notification) -> ProviderEvent | None:
-    """The event a ``TRANSACTION.*`` or ``REFUND.*`` notification reports; None when there is none to act on."""
+    """The event a ``TRANSACTION.*``, ``REFUND.*`` or ``MCHTRANSFER.*`` notification reports; None when there
+    is none to act on."""
     resource = notification.resource
     if notification.event_type.startswith("TRANSACTION."):
         kind = _PAYMENT_STATES.get(str(resource.get("trade_state")))
@@ -81,6 +98,23 @@ def payment_event(channel: Channel, notification: Notification) -> ProviderEvent
             currency="CNY",
             occurred_at=resource.get("success_time") or notification.create_time,
             order_ref=_text(resource, "out_trade_no"),
+            raw=resource,
+        )
+    if notification.event_type.startswith("MCHTRANSFER."):
+        kind = _PAYOUT_STATES.get(str(resource.get("state")))
+        if kind is None:
+            return None
+        fail_reason = resource.get("fail_reason")
+        return ProviderEvent(
+            channel=channel,
+            event_id=notification.id,
+            kind=kind,
+            merchant_ref=_text(resource, "out_bill_no"),
+            provider_ref=_text(resource, "transfer_bill_no"),
+            amount_fen=_whole_fen(resource, "transfer_amount"),
+            currency="CNY",
+            occurred_at=resource.get("update_time") or notification.create_time,
+            reason=fail_reason if isinstance(fail_reason, str) and fail_reason else None,
             raw=resource,
         )
     return None

@@ -97,6 +97,15 @@ def api(stack: Stack) -> str:
     return stack.base_url
 
 
+@pytest.fixture(scope="session")
+def flow_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A stack for the money flows: no answer margin and a one-minute payment window (invitations minutes ahead)."""
+    settings = {"PAYMENT_WINDOW_MINUTES": "1", "RESPONSE_MARGIN_HOURS": "0"}
+    running = start_stack(tmp_path_factory.mktemp("flow-stack"), "--in-memory", settings=settings)
+    yield running
+    stop_stack(running)
+
+
 ERROR_KEYS = {"code", "message", "message_zh", "details", "request_id"}
 ADMIN_PASSWORD = "admin-pass-e2e-1"
 

@@ -5,9 +5,11 @@ own endpoint), the doctor accepts, completes, the patient confirms: the doctor's
 and the platform fee are exact. A second invitation is declined: the payer is refunded in
 full. A third is left unanswered: the expiry job refunds it. ``make check-ledger`` passes.
 
-The stack runs with no answer margin and a one-minute payment window, so an invitation can
-be made for two minutes from now: its answer deadline and its scheduled time then come
-within the test (the deadline is never later than the scheduled time).
+The stack (``flow_stack``, shared with the money flow's test) runs with no answer margin and
+a one-minute payment window, so an invitation can be made for two minutes from now: its
+answer deadline and its scheduled time then come within the test (the deadline is never
+later than the scheduled time). Platform balances are compared with their values at the
+start, so the tests sharing the stack may run in any order.
 """
 
 from __future__ import annotations
@@ -18,13 +20,11 @@ import time
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-import pytest
-
 from chalicelib.clock import SHANGHAI, utc_now
-from tests.e2e.conftest import ADMIN_PASSWORD, PROJECT_DIR, Caller, make_admin, phone_number, start_stack, stop_stack
+from tests.e2e.conftest import ADMIN_PASSWORD, PROJECT_DIR, Caller, make_admin, phone_number
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
 
     from tests.e2e.conftest import Stack
 
@@ -50,15 +50,7 @@ CREDENTIALS = {
 }
 
 
-@pytest.fixture(scope="module")
-def flow_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    settings = {"PAYMENT_WINDOW_MINUTES": "1", "RESPONSE_MARGIN_HOURS": "0"}
-    running = start_stack(tmp_path_factory.mktemp("flow-stack"), "--in-memory", settings=settings)
-    yield running
-    stop_stack(running)
-
-
-def _eventually(check: Callable[[], Any], what: str, timeout: float = 60) -> Any:
+def eventually(check: Callable[[], Any], what: str, timeout: float = 60) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result = check()
@@ -68,18 +60,18 @@ def _eventually(check: Callable[[], Any], what: str, timeout: float = 60) -> Any
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _sign_up(api: str, role: str) -> tuple[Caller, str]:
+def sign_up(api: str, role: str) -> tuple[Caller, str]:
     session = Caller(api).call(
         "POST", "/v1/auth/register", 201, {"phone": phone_number(), "password": "pass-word-1", "role": role}
     )
     return Caller(api, session["access_token"]), session["user_id"]
 
 
-def _status(caller: Caller, invitation_id: str) -> str:
+def status_of(caller: Caller, invitation_id: str) -> str:
     return caller.call("GET", f"/v1/invitations/{invitation_id}", 200)["status"]
 
 
-def _invite_and_pay(patient: Caller, body: dict[str, Any]) -> str:
+def invite_and_pay(patient: Caller, body: dict[str, Any]) -> str:
     invitation = patient.call("POST", "/v1/invitations", 201, body)
     assert (invitation["status"], invitation["fee_fen"]) == ("awaiting_payment", FEE)
     order = patient.call(
@@ -91,11 +83,11 @@ def _invite_and_pay(patient: Caller, body: dict[str, Any]) -> str:
     assert order["amount_fen"] == FEE and order["client_params"]["package"].startswith("prepay_id=")
     paid = Caller(patient.api).call("POST", f"/v1/sandbox/orders/{order['order_id']}/pay", 200, {})
     assert [delivery["status"] for delivery in paid["deliveries"]] == [204]
-    assert _status(patient, invitation["invitation_id"]) == "pending_response"
+    assert status_of(patient, invitation["invitation_id"]) == "pending_response"
     return invitation["invitation_id"]
 
 
-def _balances(stack: Stack, prefix: str) -> int:
+def balances(stack: Stack, prefix: str) -> int:
     """The sum of the balances whose account starts with ``prefix`` (sharded accounts), read from DynamoDB Local."""
     client = stack.dynamodb()
     total = 0
@@ -111,6 +103,7 @@ def _balances(stack: Stack, prefix: str) -> int:
 
 def test_invite_pay_accept_complete_confirm_then_decline_and_expiry_refund(flow_stack: Stack) -> None:
     api = flow_stack.base_url
+    fees_before, sandbox_before = balances(flow_stack, "platform:fees"), balances(flow_stack, "provider:sandbox")
     # GIVEN an admin, a verified doctor who works today and tomorrow, and a patient
     admin_phone = phone_number()
     make_admin(flow_stack, admin_phone)
@@ -121,7 +114,7 @@ def test_invite_pay_accept_complete_confirm_then_decline_and_expiry_refund(flow_
         ],
     )
     hospital_id = Caller(api).call("GET", "/v1/hospitals", 200, params={"q": "xh"})["items"][0]["hospital_id"]
-    doctor, doctor_id = _sign_up(api, "doctor")
+    doctor, doctor_id = sign_up(api, "doctor")
     doctor.call(
         "PATCH",
         "/v1/me",
@@ -139,7 +132,7 @@ def test_invite_pay_accept_complete_confirm_then_decline_and_expiry_refund(flow_
     start = (utc_now() + timedelta(minutes=2)).astimezone(SHANGHAI).replace(second=0, microsecond=0)
     day = {"working": True, "invitation_capacity": 3, "consultation_capacity": 1}
     doctor.call("PUT", "/v1/me/calendar", 200, {"days": [{"date": start.date().isoformat(), **day}]})
-    patient, _ = _sign_up(api, "patient")
+    patient, _ = sign_up(api, "patient")
     body = {
         "kind": "invitation",
         "doctor_id": doctor_id,
@@ -152,7 +145,7 @@ def test_invite_pay_accept_complete_confirm_then_decline_and_expiry_refund(flow_
     }
 
     # WHEN the patient invites and pays three times through the sandbox
-    first, second, third = (_invite_and_pay(patient, body) for _ in range(3))
+    first, second, third = (invite_and_pay(patient, body) for _ in range(3))
 
     # THEN the doctor sees the summary, but not who asked, before accepting
     seen = doctor.call("GET", f"/v1/invitations/{first}", 200)
@@ -165,12 +158,12 @@ def test_invite_pay_accept_complete_confirm_then_decline_and_expiry_refund(flow_
 
     # WHEN the doctor declines the second: refunded in full by the sandbox (callback)
     doctor.call("POST", f"/v1/invitations/{second}/decline", 200, {"reason": "In theatre all day"})
-    _eventually(lambda: _status(patient, second) == "refunded", "the declined invitation's refund")
+    eventually(lambda: status_of(patient, second) == "refunded", "the declined invitation's refund")
 
     # WHEN the scheduled time passes: the third expires (the job) and is refunded; the first is completed
     scheduled = datetime.fromisoformat(accepted["scheduled_at"])
     time.sleep(max(0.0, (scheduled - utc_now()).total_seconds()) + 1)
-    _eventually(lambda: _status(patient, third) == "refunded", "the expired invitation's refund", timeout=90)
+    eventually(lambda: status_of(patient, third) == "refunded", "the expired invitation's refund", timeout=90)
     assert [step["status"] for step in patient.call("GET", f"/v1/invitations/{third}", 200)["history"]][-3:] == [
         "expired",
         "refunding",
@@ -187,9 +180,9 @@ def test_invite_pay_accept_complete_confirm_then_decline_and_expiry_refund(flow_
         "available_fen": FEE - PLATFORM_FEE,
         "payout_fen": 0,
     }
-    assert _balances(flow_stack, "platform:fees") == PLATFORM_FEE
-    assert _balances(flow_stack, "escrow:") == 0
-    assert _balances(flow_stack, "provider:sandbox") == -FEE  # three paid in, two refunded
+    assert balances(flow_stack, "platform:fees") - fees_before == PLATFORM_FEE
+    assert balances(flow_stack, "escrow:") == 0
+    assert balances(flow_stack, "provider:sandbox") - sandbox_before == -FEE  # three paid in, two refunded
     assert admin.call("GET", "/v1/admin/ledger/check", 200)["ok"] is True
     command = [sys.executable, "-m", "devstack.stack", "--ddb-port", str(flow_stack.ddb_port), "check-ledger"]
     result = subprocess.run(command, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=60, check=False)

@@ -184,6 +184,13 @@ EXPECTED: dict[tuple[str, str], Row] = {
     ("GET", "/v1/payments/{order_id}"): Row(SIGNED_IN, ok=404),
     ("GET", "/v1/me/wallet"): Row(frozenset({DOCTOR}), ok=200),
     ("GET", "/v1/me/transactions"): Row(SIGNED_IN, ok=200),
+    ("GET", "/v1/me/payout-accounts"): Row(frozenset({DOCTOR}), ok=200),
+    # a WeChat payee needs a linked WeChat account: 422 leaves the doctor's account untouched
+    ("POST", "/v1/me/payout-accounts"): Row(frozenset({DOCTOR}), ok=422, body={"kind": "wechat", "app": "oa"}),
+    ("GET", "/v1/withdrawals"): Row(frozenset({DOCTOR}), ok=200),
+    ("POST", "/v1/withdrawals"): Row(
+        frozenset({DOCTOR}), ok=404, body={"amount_fen": 1000, "payout_account_id": "matrix-no-such-account"}
+    ),
     # anonymous: a provider this stage takes no callbacks from (404 provider_not_found: the sandbox's own
     # answer to an unsigned request is a 401 of WeChat's format); the sandbox has no such order
     ("POST", "/v1/payments/callbacks/{provider}"): Row(ANYONE, ok=404),

@@ -142,6 +142,7 @@ def test_a_membership_opens_the_catalogue_until_it_is_ended(
         "starts_at": None,
         "ends_at": None,
         "source": None,
+        "plans": [{"plan_id": "year", "price_fen": 1_980_000, "days": 365}],
     }
 
     # WHEN an admin grants one until a date 30 days ahead

@@ -117,3 +117,112 @@ def test_other_event_types_are_none() -> None:
 def test_a_payment_without_our_number_or_an_integer_amount_is_malformed(resource: dict[str, Any]) -> None:
     with pytest.raises(MalformedEventError):
         payment_event("wechat", notification("TRANSACTION.SUCCESS", resource))
+
+
+# --- merchant transfers (MCHTRANSFER.BILL.FINISHED) ------------------------------------------------
+
+
+def transfer(state: str = "SUCCESS", **changes: Any) -> dict[str, Any]:
+    return {
+        "out_bill_no": "WD1",
+        "transfer_bill_no": "1330000071100999991182020050700019480001",
+        "state": state,
+        "mch_id": "1900000001",
+        "transfer_amount": 30_000,
+        "openid": "o-doctor-1",
+        "create_time": "2026-11-25T16:00:00+08:00",
+        "update_time": "2026-11-25T17:00:00+08:00",
+        **changes,
+    }
+
+
+def test_a_signed_transfer_callback_becomes_a_payout_succeeded_event() -> None:
+    # GIVEN a MCHTRANSFER.BILL.FINISHED notification signed as WeChat signs it (original_type mch_payment)
+    private_pem, public_pem = generate_sandbox_keys()
+    api_key = os.urandom(32)
+    event = {"id": "ev-8", "create_time": "2026-11-25T17:00:02+08:00", "event_type": "MCHTRANSFER.BILL.FINISHED"}
+    headers, body = sign_notification(
+        event,
+        transfer(),
+        private_key_pem=private_pem,
+        serial=SERIAL,
+        api_v3_key=api_key,
+        timestamp=NOW,
+        nonce="n2",
+        associated_data="mch_payment",
+    )
+
+    # WHEN it is verified and normalised
+    verified = verify_notification(headers, body, NotifyKeys(api_key, {SERIAL: public_pem}), now=NOW)
+    found = payment_event("wechat", verified)
+
+    # THEN it names our bill, WeChat's transfer bill and the amount in fen
+    assert verified.original_type == "mch_payment"
+    assert found is not None
+    assert (found.kind, found.event_id, found.merchant_ref, found.provider_ref) == (
+        "payout_succeeded",
+        "ev-8",
+        "WD1",
+        "1330000071100999991182020050700019480001",
+    )
+    assert (found.amount_fen, found.currency, found.reason, found.order_ref) == (30_000, "CNY", None, None)
+    assert found.occurred_at == "2026-11-25T17:00:00+08:00"  # the bill's update_time, not the notification's
+
+
+@pytest.mark.parametrize(
+    ("state", "fail_reason", "kind"),
+    [
+        ("SUCCESS", None, "payout_succeeded"),
+        ("FAIL", "PAYEE_ACCOUNT_ABNORMAL", "payout_failed"),
+        ("FAIL", "OVERDUE_CLOSE", "payout_failed"),
+        ("CANCELLED", "MERCHANT_REVOCATION", "payout_cancelled"),
+    ],
+)
+def test_final_transfer_states(state: str, fail_reason: str | None, kind: str) -> None:
+    resource = transfer(state, fail_reason=fail_reason) if fail_reason else transfer(state)
+
+    found = payment_event("sandbox", notification("MCHTRANSFER.BILL.FINISHED", resource))
+
+    assert found is not None
+    assert (found.kind, found.merchant_ref, found.amount_fen, found.reason) == (kind, "WD1", 30_000, fail_reason)
+
+
+def test_a_failed_transfer_without_a_reason_has_none() -> None:
+    found = payment_event("wechat", notification("MCHTRANSFER.BILL.FINISHED", transfer("FAIL")))
+
+    assert found is not None and (found.kind, found.reason) == ("payout_failed", None)
+
+
+def test_the_occurrence_falls_back_to_the_notification_time() -> None:
+    resource = transfer()
+    del resource["update_time"]
+
+    found = payment_event("wechat", notification("MCHTRANSFER.BILL.FINISHED", resource))
+
+    assert found is not None and found.occurred_at == "2026-11-25T16:00:01+08:00"
+
+
+@pytest.mark.parametrize(
+    "state", ["ACCEPTED", "PROCESSING", "WAIT_USER_CONFIRM", "TRANSFERING", "CANCELING", "REFUND", None]
+)
+def test_transfer_states_that_are_not_final_are_none(state: str | None) -> None:
+    assert payment_event("wechat", notification("MCHTRANSFER.BILL.FINISHED", transfer(str(state)))) is None
+
+
+@pytest.mark.parametrize(
+    "resource",
+    [
+        {**transfer(), "out_bill_no": None},
+        {key: value for key, value in transfer().items() if key != "out_bill_no"},
+        {**transfer(), "transfer_bill_no": ""},
+        {key: value for key, value in transfer().items() if key != "transfer_amount"},
+        transfer(transfer_amount="30000"),
+        transfer(transfer_amount=True),
+        transfer(transfer_amount=300.0),
+    ],
+)
+def test_a_final_transfer_without_our_number_its_bill_or_an_integer_amount_is_malformed(
+    resource: dict[str, Any],
+) -> None:
+    with pytest.raises(MalformedEventError):
+        payment_event("wechat", notification("MCHTRANSFER.BILL.FINISHED", resource))
