@@ -235,8 +235,41 @@ def test_the_sandbox_payment_provider_is_local_and_never_on_prod() -> None:
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("PLATFORM_FEE_BPS", "5001"), ("LATE_CANCEL_REFUND_BPS", "99"), ("LEDGER_SHARDS", "0"), ("RESPONSE_HOURS", "x")],
+    [
+        ("PLATFORM_FEE_BPS", "5001"),
+        ("LATE_CANCEL_REFUND_BPS", "99"),
+        ("LEDGER_SHARDS", "0"),
+        ("RESPONSE_HOURS", "x"),
+        ("TIP_FEE_BPS", "5001"),
+        ("WITHDRAWAL_MIN_FEN", "0"),
+    ],
 )
 def test_flow_settings_out_of_range_are_refused_by_name(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
         load_settings(env(**{name: value}))
+
+
+def test_money_settings_have_defaults_and_are_read() -> None:
+    defaults = load_settings(env())
+    assert defaults.tip_bounds_fen == (100, 50_000) and defaults.tip_fee_bps == 0
+    assert [(plan.plan_id, plan.price_fen, plan.days) for plan in defaults.membership_plans.values()] == [
+        ("year", 1_980_000, 365)
+    ]
+    assert (defaults.withdrawal_min_fen, defaults.withdrawal_daily_limit_fen) == (1_000, 2_000_000)
+    settings = load_settings(env(MEMBERSHIP_PLANS="year:100000:365, quarter:30000:90", TIP_MAX_FEN="900"))
+    assert {plan_id: (plan.price_fen, plan.days) for plan_id, plan in settings.membership_plans.items()} == {
+        "year": (100_000, 365),
+        "quarter": (30_000, 90),
+    }
+    assert settings.tip_bounds_fen == (100, 900)
+
+
+@pytest.mark.parametrize("plans", ["year", "year:1:0", "Year:1:1", "year:1:1,year:2:2", "year:1:3654", "year:-1:5"])
+def test_a_malformed_membership_plan_is_refused(plans: str) -> None:
+    with pytest.raises(ConfigError, match="MEMBERSHIP_PLANS"):
+        load_settings(env(MEMBERSHIP_PLANS=plans))
+
+
+def test_the_withdrawal_minimum_fits_the_daily_limit() -> None:
+    with pytest.raises(ConfigError, match="WITHDRAWAL_MIN_FEN must not exceed"):
+        load_settings(env(WITHDRAWAL_MIN_FEN="5000", WITHDRAWAL_DAILY_LIMIT_FEN="4000"))
