@@ -133,7 +133,9 @@ def set_by_contract(
     )
     try:
         with TransactWrite(connection=UsersTable._get_connection().connection) as transaction:
-            transaction.save(record)
+            # conditional on what was read: a purchase paid meanwhile is not overwritten (409, retry)
+            read = Membership.pk.does_not_exist() if current is None else Membership.ends_at == current.ends_at
+            transaction.save(record, condition=read)
             transaction.save(change, condition=MembershipChange.sk.does_not_exist())
     except TransactWriteError as error:
         if {CONDITION_FAILED, CONFLICT} & set(cancellation_codes(error)):

@@ -237,3 +237,45 @@ def test_a_statement_pages_with_a_cursor(client: Client, flow: Flow, monkeypatch
     )
     assert len(ids) == len(set(ids)) == 4
     expect(call(client, "GET", "/v1/me/transactions?cursor=nope", flow.patient), 400, "invalid_cursor")
+
+
+def test_a_tip_paid_after_its_order_closed_is_honoured(
+    client: Client, flow: Flow, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from chalicelib.payments import orders
+
+    # GIVEN a tip order that closed (its window ended) and a new tip opened since
+    invitation = confirmed(client, flow, monkeypatch)
+    invitation_id = invitation["invitation_id"]
+    first = expect(call(client, "POST", "/v1/payments", flow.patient, tip_body(invitation_id, 1_000)), 201)
+    stored = orders.get(first["order_id"])
+    assert stored is not None and orders.close(stored, datetime.now(UTC)) == "applied"
+    second = expect(call(client, "POST", "/v1/payments", flow.patient, tip_body(invitation_id, 1_000)), 201)
+    assert second["order_id"] != first["order_id"]
+    before = balance(accounts.doctor_available(flow.doctor.user_id))
+    # WHEN the payer's money for the closed one arrives after all
+    assert pay(first["order_id"], 1_000) == "applied"
+    # THEN the doctor has it, and the open tip is still the one a retry gets
+    assert balance(accounts.doctor_available(flow.doctor.user_id)) == before + 1_000
+    again = expect(call(client, "POST", "/v1/payments", flow.patient, tip_body(invitation_id, 1_000)), 200)
+    assert again["order_id"] == second["order_id"]
+    assert check_ledger().violations == []
+
+
+def test_a_contract_written_over_a_purchase_it_did_not_see_is_refused(
+    client: Client, flow: Flow, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from chalicelib.accounts import memberships
+    from tests.unit.actors import set_membership
+
+    # GIVEN a hospital whose purchase is paid while an admin's contract change read "no membership"
+    hospital = make_hospital(client, flow.hospitals.pumch, admin=flow.admin)
+    order = expect(call(client, "POST", "/v1/payments", hospital, membership_body()), 201)
+    assert pay(order["order_id"], 1_980_000) == "applied"
+    bought = expect(call(client, "GET", "/v1/me/membership", hospital), 200)
+    monkeypatch.setattr(memberships, "_membership", lambda user_id: None)
+    # WHEN the admin's change is written THEN it is refused (retry), and the purchase stands
+    ends_on = datetime.now(UTC).date() + timedelta(days=30)
+    expect(set_membership(client, flow.admin, hospital.user_id, active=True, ends_on=ends_on), 409, "conflict")
+    monkeypatch.undo()
+    assert expect(call(client, "GET", "/v1/me/membership", hospital), 200) == bought
