@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEPS := $(VENV)/.deps-installed
 
-.PHONY: run test lint unit integration e2e model bench job tables admin check-ledger clean
+.PHONY: run test lint unit integration e2e model bench job tables admin check-ledger recompute-stars clean
 
 $(DEPS): requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -58,6 +58,10 @@ admin: $(DEPS)
 ## check-ledger [STAGE=local]: check the ledger's invariants (L1-L3, L6); exits 1 on any violation.
 check-ledger: $(DEPS)
 	@$(PY) -m devstack.stack --stage "$(or $(STAGE),local)" check-ledger
+
+## recompute-stars [STAGE=local] [FIX=1]: rebuild every doctor's reputation from the source items; exits 1 on a difference.
+recompute-stars: $(DEPS)
+	@$(PY) -m devstack.stack --stage "$(or $(STAGE),local)" recompute-stars $(if $(FIX),--fix)
 
 ## clean: remove local data, pump state and caches (keeps the venv and the DynamoDB Local package).
 clean:

@@ -50,6 +50,21 @@ PLAN_ID = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 
 @dataclass(frozen=True)
+class StarRules:
+    """The published star-level formula's parameters (see ``reputation.formula``).
+
+    ``tiers`` are ``(completed invitations, highest level)`` pairs, ascending: below the
+    first tier a doctor has no level yet (0 stars).
+    """
+
+    prior_mean: float = 4.0
+    prior_weight: int = 10
+    tiers: tuple[tuple[int, float], ...] = ((1, 3.0), (10, 4.0), (30, 4.5), (100, 5.0))
+    penalty_stars: float = 1.0
+    penalty_days: int = 90
+
+
+@dataclass(frozen=True)
 class Settings:
     """Typed settings of one stage."""
 
@@ -89,6 +104,9 @@ class Settings:
     membership_plans: dict[str, MembershipPlan] = field(default_factory=lambda: dict(DEFAULT_PLANS))
     withdrawal_min_fen: int = 1_000
     withdrawal_daily_limit_fen: int = 2_000_000
+    review_window_days: int = 30
+    complaint_window_days: int = 30
+    star_rules: StarRules = field(default_factory=StarRules)
 
     @property
     def users_table(self) -> str:
@@ -212,6 +230,58 @@ def _bounds(environ: Mapping[str, str], prefix: str, default: tuple[int, int]) -
     return low, high
 
 
+def _half_stars(raw: str) -> float | None:
+    """A number of stars from 0.5 to 5 in half steps, or None."""
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    return value if 0.5 <= value <= 5 and (value * 2).is_integer() else None
+
+
+def _star_tiers(environ: Mapping[str, str]) -> tuple[tuple[int, float], ...]:
+    """``STAR_TIERS``: ``completed:stars`` entries, both ascending, e.g. ``1:3,10:4,30:4.5,100:5``."""
+    raw = environ.get("STAR_TIERS", "").strip()
+    if not raw:
+        return StarRules().tiers
+    tiers: list[tuple[int, float]] = []
+    for entry in raw.split(","):
+        count, _, stars = entry.strip().partition(":")
+        level = _half_stars(stars)
+        if (
+            not count.isdigit()
+            or int(count) == 0
+            or level is None
+            or (tiers and (int(count) <= tiers[-1][0] or level <= tiers[-1][1]))
+        ):
+            raise ConfigError(
+                "environment variable STAR_TIERS must be completed:stars entries separated by commas, both "
+                f"ascending, stars from 0.5 to 5 in half steps, got {entry.strip()!r}"
+            )
+        tiers.append((int(count), level))
+    return tuple(tiers)
+
+
+def _star_rules(environ: Mapping[str, str]) -> StarRules:
+    defaults = StarRules()
+    mean = _positive_float(environ, "STAR_PRIOR_MEAN", defaults.prior_mean)
+    if not 1 <= mean <= 5:
+        raise ConfigError(f"environment variable STAR_PRIOR_MEAN must be from 1 to 5, got {mean!r}")
+    raw_step = environ.get("COMPLAINT_PENALTY_STARS", "").strip()
+    step = _half_stars(raw_step) if raw_step else defaults.penalty_stars
+    if step is None:
+        raise ConfigError(
+            f"environment variable COMPLAINT_PENALTY_STARS must be from 0.5 to 5 in half steps, got {raw_step!r}"
+        )
+    return StarRules(
+        prior_mean=mean,
+        prior_weight=_positive_int(environ, "STAR_PRIOR_WEIGHT", defaults.prior_weight),
+        tiers=_star_tiers(environ),
+        penalty_stars=step,
+        penalty_days=_positive_int(environ, "COMPLAINT_PENALTY_DAYS", defaults.penalty_days),
+    )
+
+
 def _wechat(environ: Mapping[str, str], stage: str) -> tuple[str, dict[str, str]]:
     mode = environ.get("WECHAT_MODE", "").strip() or ("sandbox" if stage == "local" else "live")
     if mode not in WECHAT_MODES:
@@ -323,6 +393,9 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         membership_plans=_membership_plans(environ),
         withdrawal_min_fen=withdrawal_min,
         withdrawal_daily_limit_fen=withdrawal_limit,
+        review_window_days=_positive_int(environ, "REVIEW_WINDOW_DAYS", 30),
+        complaint_window_days=_positive_int(environ, "COMPLAINT_WINDOW_DAYS", 30),
+        star_rules=_star_rules(environ),
     )
 
 

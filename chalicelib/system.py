@@ -1,7 +1,7 @@
-"""Platform records that prove the machinery runs: job heartbeats and stream change counts.
+"""Platform records that prove the machinery runs: job heartbeats.
 
-These back ``GET /health``, the heartbeat job and the change-count stream consumer. Each
-write is conditional, so a retried job or a redelivered stream record changes nothing.
+These back ``GET /health`` and the heartbeat job. Each write is conditional, so a
+retried job changes nothing.
 
 Example
 -------
@@ -11,23 +11,17 @@ Example
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError
-from pynamodb.exceptions import DoesNotExist, PynamoDBException, TransactWriteError, UpdateError
-from pynamodb.transactions import TransactWrite
+from pynamodb.exceptions import DoesNotExist, PynamoDBException, UpdateError
 
-from chalicelib.models.users import AppliedStreamRecord, JobHeartbeat, StreamChangeCount
+from chalicelib.models.users import JobHeartbeat
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from datetime import datetime
 
 HEARTBEAT_PK = "SYSTEM#heartbeat"
-CHANGES_PK = "SYSTEM#stream-changes"
-APPLIED_PK_PREFIX = "SYSTEM#stream-record#"
-APPLIED_MARKER_LIFETIME = timedelta(days=2)
-_COUNTERS = {"INSERT": "inserts", "MODIFY": "modifies", "REMOVE": "removes"}
 
 
 def record_heartbeat(job: str, now: datetime) -> bool:
@@ -79,41 +73,3 @@ def probe_database() -> DatabaseProbe:
     except (PynamoDBException, BotoCoreError) as error:
         cause = getattr(error, "cause", None) or error
         return DatabaseProbe(ok=False, reason=type(cause).__name__)
-
-
-def change_counts(table: str) -> dict[str, int]:
-    """The applied INSERT/MODIFY/REMOVE counts of ``table``'s stream."""
-    try:
-        item = StreamChangeCount.get(CHANGES_PK, table, consistent_read=True)
-    except DoesNotExist:
-        return {"inserts": 0, "modifies": 0, "removes": 0}
-    return {"inserts": int(item.inserts), "modifies": int(item.modifies), "removes": int(item.removes)}
-
-
-def apply_stream_record(table: str, record: Mapping[str, Any], now: datetime | None = None) -> bool:
-    """Count one stream record exactly once; False when it had been applied before.
-
-    The applied-marker put (``attribute_not_exists``) and the counter increment are one
-    transaction, so a redelivered record can never be counted twice.
-    """
-    event_name = record["eventName"]
-    if event_name not in _COUNTERS:
-        raise ValueError(f"unknown stream event {event_name!r}")
-    now = now or datetime.now(UTC)
-    marker = AppliedStreamRecord(APPLIED_PK_PREFIX + record["eventID"], table)
-    marker.expires_at = now + APPLIED_MARKER_LIFETIME
-    counter = getattr(StreamChangeCount, _COUNTERS[event_name])
-    try:
-        # the models' own connection: one botocore client per container, not one per record
-        with TransactWrite(connection=StreamChangeCount._get_connection().connection) as transaction:
-            transaction.save(marker, condition=AppliedStreamRecord.pk.does_not_exist())
-            transaction.update(
-                StreamChangeCount(CHANGES_PK, table),
-                actions=[StreamChangeCount.item_type.set(StreamChangeCount), counter.add(1)],
-            )
-    except TransactWriteError as error:
-        reasons = [reason.code if reason else None for reason in error.cancellation_reasons or []]
-        if reasons and reasons[0] == "ConditionalCheckFailed":
-            return False
-        raise
-    return True

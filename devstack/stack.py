@@ -280,6 +280,29 @@ def check_ledger(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def recompute_stars(args: argparse.Namespace) -> int:
+    """Rebuild every doctor's reputation from the source items; exit 1 when a stored one differs."""
+    if not use_stage(args):
+        return 1
+    from chalicelib.clock import utc_now
+    from chalicelib.models.users import Account
+    from chalicelib.reputation.audit import recompute
+
+    # every doctor, whatever their verification status: an operator's audit reads everything
+    doctors = Account.scan(Account.role == "doctor", consistent_read=True)
+    report = recompute(doctors, fix=args.fix, now=utc_now())
+    for found in report.differences:
+        fields = ", ".join(
+            f"{name} {change['stored']} -> {change['rebuilt']}" for name, change in found["fields"].items()
+        )
+        print(f"differs: doctor {found['doctor_id']}: {fields}")
+    print(
+        f"stars: {report.doctors} doctors, {len(report.differences)} differ"
+        + (f", {report.fixed} fixed" if args.fix else "")
+    )
+    return 0 if report.ok or (args.fix and report.fixed == len(report.differences)) else 1
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m devstack.stack", description=__doc__.split("\n\n")[0])
     parser.add_argument("--stage", default="local")
@@ -302,6 +325,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     admin_parser.add_argument("--name", required=True)
     admin_parser.set_defaults(handler=admin)
     commands.add_parser("check-ledger", help="check the ledger's invariants").set_defaults(handler=check_ledger)
+    stars_parser = commands.add_parser("recompute-stars", help="rebuild every doctor's reputation and compare")
+    stars_parser.add_argument("--fix", action="store_true", help="write the rebuilt reputation where it differs")
+    stars_parser.set_defaults(handler=recompute_stars)
     return parser.parse_args(argv)
 
 

@@ -29,6 +29,7 @@ from chalicelib.doctors.vocabulary import TITLES, Specialty, Title
 from chalicelib.errors import ApiError
 from chalicelib.models.transactions import Batch, TransactionCancelledError, busy
 from chalicelib.models.users import Account, LoginAlias
+from chalicelib.reputation.formula import ratings
 from chalicelib.security import privacy
 from chalicelib.validation import invalid
 
@@ -116,7 +117,7 @@ def own_view(account: Account) -> dict[str, Any]:
             invitation_fee=account.invitation_fee,
             consultation_fee=account.consultation_fee,
             star_level=float(account.star_level),
-            rating_average=float(account.rating_average),
+            rating_average=ratings(int(account.rating_count), int(account.rating_sum), get_settings().star_rules)[0],
             rating_count=int(account.rating_count),
             anesthesia_count=int(account.anesthesia_count),
             verification=verification_view(account),

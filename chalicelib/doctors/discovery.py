@@ -2,7 +2,7 @@
 
 Only verified doctors carry the discovery keys, so an unverified doctor can never be
 listed. Lists are index queries in rank order (star level, then rating); the storefront
-is two reads (the account and the next 60 days of the calendar). Phone numbers are
+is three reads (the account, the next 60 days of the calendar, the latest reviews). Phone numbers are
 never part of what others see.
 
 Example
@@ -20,6 +20,7 @@ from pynamodb.exceptions import DoesNotExist
 
 from chalicelib.accounts.roles import DOCTOR, Principal
 from chalicelib.clock import shanghai_date
+from chalicelib.config import get_settings
 from chalicelib.directory import hospitals
 from chalicelib.doctors import calendar
 from chalicelib.doctors.ranking import DOCTOR_CATALOGUE
@@ -27,11 +28,23 @@ from chalicelib.doctors.vocabulary import TITLES
 from chalicelib.errors import ApiError
 from chalicelib.models.users import Account
 from chalicelib.pagination import decode_cursor, encode_cursor, read_page
+from chalicelib.reputation.formula import ratings
 
 if TYPE_CHECKING:
     from datetime import date, datetime
 
 NEXT_DATES_SHOWN = 5
+
+
+def reputation(account: Account) -> dict[str, Any]:
+    """The stored level and counts, with the average and the Bayesian score derived from the counts."""
+    average, score = ratings(int(account.rating_count or 0), int(account.rating_sum or 0), get_settings().star_rules)
+    return {
+        "star_level": float(account.star_level or 0),
+        "rating_average": average,
+        "rating_score": score,
+        "rating_count": int(account.rating_count or 0),
+    }
 
 
 def card(account: Account, today: date) -> dict[str, Any]:
@@ -45,9 +58,7 @@ def card(account: Account, today: date) -> dict[str, Any]:
         "hospital": {"hospital_id": account.hospital_id, "name": account.hospital_name},
         "city": account.city,
         "specialties": list(account.specialties or []),
-        "star_level": float(account.star_level),
-        "rating_average": float(account.rating_average),
-        "rating_count": int(account.rating_count),
+        **reputation(account),
         "anesthesia_count": int(account.anesthesia_count),
         "invitation_fee": account.invitation_fee,
         "consultation_fee": account.consultation_fee,
@@ -98,8 +109,11 @@ def all_doctors(filters: dict[str, str | date | None], limit: int, cursor: str |
     return {"items": [card(item, today) for item in items], "next_cursor": encode_cursor(last_key, scope)}
 
 
-def storefront(doctor_id: str, viewer: Principal, now: datetime) -> dict[str, Any]:
-    """The doctor's public display (C3); unverified doctors are visible only to themselves and admins."""
+def storefront(doctor_id: str, viewer: Principal, now: datetime, reviews_cursor: str | None = None) -> dict[str, Any]:
+    """The doctor's public display (C3): reputation, the latest reviews (reviewers masked; page on with
+    ``reviews_cursor``), accepting days. Unverified doctors are visible only to themselves and admins."""
+    from chalicelib.reputation import reviews
+
     try:
         account = Account.get(f"USER#{doctor_id}", "PROFILE")
     except DoesNotExist:
@@ -116,5 +130,6 @@ def storefront(doctor_id: str, viewer: Principal, now: datetime) -> dict[str, An
         introduction=account.introduction,
         verified=account.verification_status == "verified",
         accepting_days=calendar.open_days(doctor_id, now),
+        reviews=reviews.latest(doctor_id, cursor=reviews_cursor),
     )
     return view

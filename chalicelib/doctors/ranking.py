@@ -1,6 +1,6 @@
 """Where a verified doctor appears in discovery, and in which order.
 
-The sort key orders by star level, then average rating, best first, so a plain ascending
+The sort key orders by star level, then the Bayesian rating score, best first, so a plain ascending
 index query lists the best doctors first. Reputation updates rewrite it.
 
 Example
@@ -28,8 +28,16 @@ def rank_key(star_level: float, rating_average: float, user_id: str) -> str:
 
 
 def discovery_keys(account: Account) -> dict[str, str]:
-    """The index attributes that list a verified doctor under their hospital and in the catalogue."""
-    key = rank_key(float(account.star_level or 0), float(account.rating_average or 0), account.user_id)
+    """The index attributes that list a verified doctor under their hospital and in the catalogue.
+
+    The order is the stored level, then the Bayesian score of the doctor's ratings: the same
+    key the reputation stream writes.
+    """
+    from chalicelib.config import get_settings
+    from chalicelib.reputation.formula import ratings
+
+    _, score = ratings(int(account.rating_count or 0), int(account.rating_sum or 0), get_settings().star_rules)
+    key = rank_key(float(account.star_level or 0), score, account.user_id)
     return {
         "hospital_key": f"HOSPITAL#{account.hospital_id}",
         "rank_key": key,

@@ -1,4 +1,4 @@
-"""Back office: the verification queue and decisions, and VIP memberships by contract (M-b, M-g).
+"""Back office: the verification queue and decisions, VIP memberships by contract, complaints (M-b, M-g, C8).
 
 Views import their domain modules when first called (see ``handlers.accounts``).
 """
@@ -9,12 +9,13 @@ from datetime import date
 from typing import Annotated, Any
 
 import msgspec
-from chalice import Blueprint
+from chalice import Blueprint, Response
 
 from chalicelib.accounts.roles import ADMIN
 from chalicelib.clock import utc_now
 from chalicelib.errors import ApiError
 from chalicelib.handlers.access import current_principal, route
+from chalicelib.handlers.replay import once
 from chalicelib.validation import PageQuery, parse, parse_query, path_id
 
 bp = Blueprint(__name__)
@@ -78,6 +79,44 @@ def set_membership(hospital_user_id: str) -> dict[str, Any]:
         reference=request.reference,
         now=utc_now(),
     )
+
+
+def _complaint_id(complaint_id: str) -> str:
+    from chalicelib.reputation.complaints import NOT_FOUND
+
+    return path_id(complaint_id, NOT_FOUND)
+
+
+@route(bp, "/v1/admin/complaints", methods=["GET"], roles=[ADMIN])
+def complaints_queue() -> dict[str, Any]:
+    """Complaints by status: ``open`` (default) oldest first, ``confirmed`` or ``rejected`` newest first."""
+    from chalicelib.reputation import complaints
+
+    return complaints.queue(parse_query(bp.current_request.query_params, complaints.ComplaintQuery))
+
+
+@route(bp, "/v1/admin/complaints/{complaint_id}/confirm", methods=["POST"], roles=[ADMIN])
+def confirm_complaint(complaint_id: str) -> Response:
+    """Confirm a complaint: the doctor's level drops for the penalty period; ``refund: true`` (the
+    service was not delivered) refunds the requester in full. Takes an ``Idempotency-Key``."""
+    from chalicelib.reputation import complaints
+
+    key = _complaint_id(complaint_id)
+    decision = parse(bp.current_request.json_body, complaints.Decision)
+    return once(
+        bp,
+        f"POST /v1/admin/complaints/{key}/confirm",
+        lambda: (200, complaints.confirm(current_principal(), key, decision, utc_now())),
+    )
+
+
+@route(bp, "/v1/admin/complaints/{complaint_id}/reject", methods=["POST"], roles=[ADMIN])
+def reject_complaint(complaint_id: str) -> dict[str, Any]:
+    """Reject a complaint with a reason both sides see."""
+    from chalicelib.reputation import complaints
+
+    request = parse(bp.current_request.json_body, Rejection)
+    return complaints.reject(current_principal(), _complaint_id(complaint_id), request.reason, utc_now())
 
 
 @route(bp, "/v1/admin/ledger/check", methods=["GET"], roles=[ADMIN])

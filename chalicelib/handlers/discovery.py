@@ -30,6 +30,10 @@ class CatalogueQuery(msgspec.Struct, forbid_unknown_fields=True):
     specialty: Specialty | None = None
 
 
+class StorefrontQuery(msgspec.Struct, forbid_unknown_fields=True):
+    reviews_cursor: Annotated[str, msgspec.Meta(max_length=2048)] | None = None
+
+
 HOSPITAL_NOT_FOUND = ApiError(404, "hospital_not_found", "No hospital in the directory has this id", "找不到该医院")
 DOCTOR_NOT_FOUND = ApiError(404, "doctor_not_found", "No verified anesthesiologist has this id", "找不到该麻醉医生")
 
@@ -55,7 +59,10 @@ def all_doctors() -> dict[str, Any]:
 
 @route(bp, "/v1/anesthesiologists/{doctor_id}", methods=["GET"], roles=SIGNED_IN)
 def storefront(doctor_id: str) -> dict[str, Any]:
-    """The doctor's storefront: reputation, anesthesias done, accepting days, fees."""
+    """The doctor's storefront: reputation, latest reviews, anesthesias done, accepting days, fees."""
     from chalicelib.doctors import discovery
 
-    return discovery.storefront(path_id(doctor_id, DOCTOR_NOT_FOUND), current_principal(), utc_now())
+    query = parse_query(bp.current_request.query_params, StorefrontQuery)
+    return discovery.storefront(
+        path_id(doctor_id, DOCTOR_NOT_FOUND), current_principal(), utc_now(), reviews_cursor=query.reviews_cursor
+    )

@@ -1,4 +1,5 @@
-"""Invitations and consultations: create, list, read, answer, cancel, complete, confirm, chat (M-d–M-l).
+"""Invitations and consultations: create, list, read, answer, cancel, complete, confirm, chat, review and
+complain (M-d–M-l, C8).
 
 The POSTs that move money take an ``Idempotency-Key``: a retry gets the first answer.
 Views import their domain modules when first called (see ``handlers.accounts``).
@@ -148,4 +149,24 @@ def post_message(invitation_id: str) -> Response:
     key = _id(invitation_id)
     message = parse(bp.current_request.json_body, ChatMessage)
     status, body = chat.post(current_principal(), key, message.text, utc_now())
+    return Response(body=body, status_code=status)
+
+
+@route(bp, "/v1/invitations/{invitation_id}/review", methods=["POST"], roles=OWN_REQUESTERS)
+def review(invitation_id: str) -> Response:
+    """Rate a confirmed service (1-5) with an optional comment, once; the same review again answers 200."""
+    from chalicelib.reputation import reviews
+
+    request = parse(bp.current_request.json_body, reviews.ReviewRequest)
+    status, body = reviews.submit(current_principal(), _id(invitation_id), request, utc_now())
+    return Response(body=body, status_code=status)
+
+
+@route(bp, "/v1/invitations/{invitation_id}/complaints", methods=["POST"], roles=OWN_REQUESTERS)
+def complain(invitation_id: str) -> Response:
+    """Complain about the service (C8): a category and details; the back office decides."""
+    from chalicelib.reputation import complaints
+
+    request = parse(bp.current_request.json_body, complaints.ComplaintRequest)
+    status, body = complaints.file(current_principal(), _id(invitation_id), request, utc_now())
     return Response(body=body, status_code=status)

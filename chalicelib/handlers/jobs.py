@@ -68,3 +68,11 @@ def settle_payouts(event: CloudWatchEvent) -> dict[str, Any]:
     from chalicelib.invitations import deadlines
 
     return _job("settle_payouts", deadlines.settle_payouts)
+
+
+@bp.schedule(Rate(1, unit=Rate.HOURS), name="lift_penalties", description="End complaint penalties that ran out")
+def lift_penalties(event: CloudWatchEvent) -> dict[str, Any]:
+    """Confirmed complaints whose penalty period passed: lifted, so the stream gives the star level back."""
+    from chalicelib.invitations import deadlines
+
+    return _job("lift_penalties", deadlines.lift_penalties)

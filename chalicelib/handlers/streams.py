@@ -1,4 +1,4 @@
-"""DynamoDB stream consumers: ``count_invitation_changes`` and ``send_notices``, both on the Invitations stream.
+"""DynamoDB stream consumers: ``update_reputation`` and ``send_notices``, both on the Invitations stream.
 
 Two consumers is what DynamoDB Streams serves per shard without throttling; a third
 would need a fan-out (EventBridge Pipes, Kinesis Data Streams).
@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 from chalice import Blueprint
 
-from chalicelib import system
 from chalicelib.config import get_settings
 
 if TYPE_CHECKING:
@@ -26,20 +25,22 @@ bp = Blueprint(__name__)
 
 @bp.on_dynamodb_record(
     stream_arn=get_settings().invitations_stream_arn,
-    name="count_invitation_changes",
+    name="update_reputation",
     batch_size=100,
-    # Re-reading is harmless (records are applied once), losing records is not.
+    # Re-reading is harmless (each fact is applied once), losing records is not.
     starting_position="TRIM_HORIZON",
 )
-def count_invitation_changes(event: DynamoDBEvent) -> dict[str, Any]:
-    """Keep the Invitations table's applied INSERT/MODIFY/REMOVE counts."""
+def update_reputation(event: DynamoDBEvent) -> dict[str, Any]:
+    """Keep each doctor's reputation (ratings, penalties, star level, discovery order) from reviews,
+    complaints and confirmations: O(1) work per record, each fact applied once."""
     # The batch utility pulls in asyncio and more; import it only where it runs.
     from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 
-    table = get_settings().invitations_table
+    from chalicelib.clock import utc_now
+    from chalicelib.reputation.aggregates import apply_record
 
     def apply(record: DynamoDBRecord) -> None:
-        system.apply_stream_record(table, record.raw_event)
+        apply_record(record.raw_event, utc_now())
 
     return process_partial_response(
         event=event.to_dict(),

@@ -4,7 +4,9 @@
 - ``confirm_due``: completed invitations whose confirmation hold ran out → confirmed, released;
 - ``follow_up_payments``: pending payment orders → queried (a callback may be lost), closed at the window's end;
 - ``follow_up_refunds``: refunds → sent again with the same number, or queried, until final;
-- ``settle_payouts``: withdrawals → paid out with their stable number, followed until final.
+- ``settle_payouts``: withdrawals → paid out with their stable number, followed until final;
+- ``lift_penalties``: confirmed complaints whose penalty period passed → lifted (the stream
+  gives the star level back).
 
 Each item is handled on its own: one that fails is logged and stays due for the next run;
 a race with a person (the doctor accepting at the deadline) is settled by the conditional
@@ -109,4 +111,15 @@ def settle_payouts(now: datetime, limit: int = BATCH) -> dict[str, int]:
         transfers.due(now, limit),
         lambda order: transfers.follow_up(order, now),
         lambda order: order.out_bill_no,
+    )
+
+
+def lift_penalties(now: datetime, limit: int = BATCH) -> dict[str, int]:
+    from chalicelib.reputation import complaints
+
+    return _run(
+        "lift_penalties",
+        complaints.penalties_due(now, limit),
+        lambda complaint: complaints.lift(complaint, now),
+        lambda complaint: complaint.complaint_id,
     )

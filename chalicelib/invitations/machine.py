@@ -8,7 +8,8 @@ expected current state, together with its effects, in one DynamoDB transaction.
 
 Money follows design.md §4: a payment fills the escrow; acceptance splits it between the
 doctor (pending) and the platform fee; confirmation makes the doctor's share available;
-a decline, an expiry or a cancellation refunds by the original path.
+a decline, an expiry or a cancellation refunds by the original path; so does a confirmed
+complaint that the service was not delivered (C7, C8), even after confirmation.
 
 Example
 -------
@@ -36,6 +37,7 @@ CONFIRMED = "confirmed"
 DECLINED = "declined"
 EXPIRED = "expired"
 CANCELLED = "cancelled"
+NOT_DELIVERED = "not_delivered"
 REFUNDING = "refunding"
 REFUNDED = "refunded"
 CLOSED = "closed"
@@ -49,12 +51,14 @@ STATES = (
     DECLINED,
     EXPIRED,
     CANCELLED,
+    NOT_DELIVERED,
     REFUNDING,
     REFUNDED,
     CLOSED,
 )
 FINAL_STATES = frozenset({CONFIRMED, REFUNDED, CLOSED})
-"""No transition leaves these, except a payment that arrives after closing (refunded at once)."""
+"""No transition leaves these, except a payment that arrives after closing (refunded at once) and
+a confirmed complaint that a confirmed service was not delivered (refunded)."""
 
 
 @dataclass(frozen=True)
@@ -133,10 +137,17 @@ TRANSITIONS: dict[str, Transition] = {
             reason_required=True,
         ),
         # refunds by the original path
-        _t("start_refund", {DECLINED, EXPIRED, CANCELLED}, REFUNDING, {SYSTEM}, (), ("create_refund_order",)),
+        _t(
+            "start_refund",
+            {DECLINED, EXPIRED, CANCELLED, NOT_DELIVERED},
+            REFUNDING,
+            {SYSTEM},
+            (),
+            ("create_refund_order",),
+        ),
         _t(
             "refund",
-            {DECLINED, EXPIRED, CANCELLED, REFUNDING},
+            {DECLINED, EXPIRED, CANCELLED, NOT_DELIVERED, REFUNDING},
             REFUNDED,
             {SYSTEM},
             ("provider_confirmed_refund",),
@@ -159,6 +170,16 @@ TRANSITIONS: dict[str, Transition] = {
             {SYSTEM},
             ("hold_passed",),
             ("post_release", "count_anesthesia", "notify_doctor"),
+        ),
+        # a complaint the back office confirmed: the service was not delivered (C7, C8)
+        _t(
+            "refund_not_delivered",
+            {ACCEPTED, COMPLETED, CONFIRMED},
+            NOT_DELIVERED,
+            {ADMIN},
+            ("complaint_open",),
+            ("post_claim", "uncount_anesthesia_if_confirmed", "create_refund_order", "notify_both"),
+            reason_required=True,
         ),
     )
 }

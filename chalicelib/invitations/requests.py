@@ -89,6 +89,7 @@ class InvitationQuery(msgspec.Struct, forbid_unknown_fields=True):
             "declined",
             "expired",
             "cancelled",
+            "not_delivered",
             "refunding",
             "refunded",
             "closed",

@@ -232,13 +232,16 @@ def summary_item(invitation: Invitation) -> dict[str, Any]:
         "currency": invitation.currency,
         "created_at": invitation.created_at,
         "updated_at": invitation.updated_at,
+        "rating": int(invitation.rating) if invitation.rating is not None else None,
     }
 
 
 def view(invitation: Invitation, principal: Principal, *, doctor_name: str | None = None) -> dict[str, Any]:
-    """One invitation as the caller may see it: history and deadlines for all sides; the clinical
-    summary for the requester and the doctor; the requester's identity for the doctor only once accepted."""
+    """One invitation as the caller may see it: history, deadlines, review and complaint for all sides;
+    the clinical summary for the requester and the doctor; the requester's identity for the doctor
+    only once accepted."""
     from chalicelib.payments import orders
+    from chalicelib.reputation import complaints, reviews
 
     side = side_of(invitation, principal)
     body = summary_item(invitation)
@@ -263,6 +266,10 @@ def view(invitation: Invitation, principal: Principal, *, doctor_name: str | Non
             for step in invitation.history
         ],
     )
+    # only an accepted invitation can be reviewed or complained about: spare the others the Query
+    review, complaint = reviews.feedback(invitation.invitation_id) if invitation.accepted_at else (None, None)
+    body["review"] = reviews.review_view(review) if review else None
+    body["complaint"] = complaints.view(complaint) if complaint else None
     if doctor_name is not None:
         body["doctor_name"] = doctor_name
     if side in (REQUESTER, DOCTOR):
@@ -315,6 +322,27 @@ def _as(invitation: Invitation, principal: Principal, side: str) -> None:
     """404 unless the caller is this side of the invitation."""
     if side_of(invitation, principal) != side:
         raise engine.NOT_FOUND
+
+
+def requested_by(principal: Principal, invitation_id: str) -> Invitation:
+    """The invitation, when the caller made it; 404 otherwise (ids cannot be probed)."""
+    invitation = engine.load(invitation_id)
+    _as(invitation, principal, REQUESTER)
+    return invitation
+
+
+def give_back_day(batch: Batch, invitation: Invitation) -> list[Any]:
+    """Add to ``batch`` the return of the unit of the doctor's day that accepting booked; the invitation's actions."""
+    if not invitation.booked:
+        return []
+    booked, _ = _capacity(invitation.kind)
+    batch.update(
+        "capacity",
+        CalendarDay(f"CALENDAR#{invitation.doctor_id}", invitation.scheduled_date),
+        actions=[booked.add(-1)],
+        condition=booked >= 1,
+    )
+    return [Invitation.booked.set(False)]
 
 
 def _capacity(kind: str) -> tuple[Any, Any]:
@@ -519,16 +547,7 @@ def cancel(principal: Principal, invitation_id: str, reason: str, now: datetime)
     _before_service(invitation, now)
     quote = _quote(invitation, now)
     batch = Batch()
-    actions: list[Any] = []
-    if invitation.booked:
-        booked, _ = _capacity(invitation.kind)
-        batch.update(
-            "capacity",
-            CalendarDay(f"CALENDAR#{invitation.doctor_id}", invitation.scheduled_date),
-            actions=[booked.add(-1)],
-            condition=booked >= 1,
-        )
-        actions.append(Invitation.booked.set(False))
+    actions = give_back_day(batch, invitation)
     updated = _refund_after(
         invitation,
         "cancel",
@@ -613,7 +632,10 @@ def complete(principal: Principal, invitation_id: str, now: datetime) -> dict[st
 
 
 def release(invitation: Invitation, actor: str, actor_id: str | None, now: datetime) -> Invitation:
-    """Confirmation (by the requester, or by the hold running out): the doctor's share becomes available."""
+    """Confirmation (by the requester, or by the hold running out): the doctor's share becomes available
+    (after anything they owe)."""
+    from chalicelib.ledger.wallet import earnings
+
     name = "confirm" if actor == REQUESTER else "auto_confirm"
     engine.plan_or_raise(invitation, name, actor)
     if actor == SYSTEM and (invitation.hold_until is None or now < datetime.fromisoformat(invitation.hold_until)):
@@ -635,10 +657,7 @@ def release(invitation: Invitation, actor: str, actor_id: str | None, now: datet
         posting = Posting(
             f"release:{invitation.invitation_id}",
             "release",
-            {
-                accounts.doctor_pending(invitation.doctor_id): -share,
-                accounts.doctor_available(invitation.doctor_id): share,
-            },
+            {accounts.doctor_pending(invitation.doctor_id): -share, **earnings(invitation.doctor_id, share)},
             f"invitation:{invitation.invitation_id}",
         )
     return engine.fire(

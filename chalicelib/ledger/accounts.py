@@ -2,7 +2,10 @@
 
 Only the providers' clearing accounts stand for the world outside (money arriving from
 and leaving for WeChat Pay, Alipay, UnionPay): they run negative as money comes in.
-Every other account holds money the platform owes someone and must never go below zero.
+A doctor's receivable (``doctor:<id>:receivable``) is what the doctor owes the platform
+after a refund took back more than their available balance: it runs negative, never
+above zero, and future earnings pay it back first. Every other account holds money the
+platform owes someone and must never go below zero.
 
 The platform's fee account and each provider's clearing account are touched by every
 invitation: one balance item each would be a hot key. They are split into shards
@@ -13,6 +16,8 @@ Example
 -------
 >>> doctor_available("d1"), may_overdraw(provider("wechat")), may_overdraw(escrow("i1"))
 ('doctor:d1:available', True, False)
+>>> is_receivable(doctor_receivable("d1")), may_overdraw(doctor_receivable("d1"))
+(True, True)
 >>> fee_account("i1", shards=8)
 'platform:fees:7'
 """
@@ -71,10 +76,24 @@ def doctor_payout(doctor_id: str) -> str:
     return f"doctor:{doctor_id}:payout"
 
 
+def doctor_receivable(doctor_id: str) -> str:
+    return f"doctor:{doctor_id}:receivable"
+
+
+def claim(invitation_id: str) -> str:
+    """Money taken back from the doctor and the fee for a refund the back office confirmed (C8)."""
+    return f"claim:{invitation_id}"
+
+
+def is_receivable(account: str) -> bool:
+    return account.startswith("doctor:") and account.endswith(":receivable")
+
+
 def may_overdraw(account: str) -> bool:
-    """Whether ``account`` may go below zero (only a provider's clearing account)."""
-    return account.startswith("provider:")
+    """Whether ``account`` may go below zero (a provider's clearing account, a doctor's receivable)."""
+    return account.startswith("provider:") or is_receivable(account)
 
 
 def is_escrow(account: str) -> bool:
-    return account.startswith("escrow:")
+    """An account that holds one invitation's money until it is resolved once (escrow, claim)."""
+    return account.startswith(("escrow:", "claim:"))

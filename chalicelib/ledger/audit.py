@@ -3,8 +3,10 @@
 - L1: every transaction's entries sum to zero, and so do all balances together.
 - L2: every balance equals the sum of its account's entries, and every entry matches
   its transaction.
-- L3: no account but a provider's clearing account is below zero.
-- L6: an escrow is resolved at most once (money leaves it in one transaction at most).
+- L3: no account but a provider's clearing account or a doctor's receivable is below zero,
+  and no receivable is above zero.
+- L6: an escrow (or a complaint's claim) is resolved at most once (money leaves it in one
+  transaction at most).
 
 Beside the invariants it lists what an operator must look at (``attention``): refunds the
 provider refused or that keep failing, and verified callbacks for orders that are not
@@ -26,7 +28,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from chalicelib.ledger.accounts import is_escrow, may_overdraw
+from chalicelib.ledger.accounts import is_escrow, is_receivable, may_overdraw
 from chalicelib.ledger.journal import ACCOUNTS_LIST, TRANSACTIONS_LIST
 from chalicelib.models.ledger import AccountBalance, JournalTransaction, LedgerEntry
 
@@ -77,6 +79,8 @@ def check_ledger() -> LedgerReport:
         total += amount
         if amount < 0 and not may_overdraw(account):
             report.violations.append(f"L3: {account} is {amount} fen, below zero")
+        if amount > 0 and is_receivable(account):
+            report.violations.append(f"L3: {account} is {amount} fen: a receivable above zero")
         entries_sum = 0
         for entry in LedgerEntry.query(f"ACCOUNT#{account}", LedgerEntry.sk.startswith("ENTRY#")):
             report.entries += 1

@@ -4,7 +4,8 @@ A ``Posting`` is written in one ``TransactWriteItems`` with the business change 
 to (the caller's ``Batch``): the journal item (``attribute_not_exists``: its id is the
 idempotency key), one entry per account, and each balance moved with ``ADD`` — safe
 because the journal condition makes a repeated transaction fail as a whole — under a
-condition that a non-overdraft account never goes below zero.
+condition that a non-overdraft account never goes below zero (and a receivable never
+above it).
 
 Example
 -------
@@ -28,7 +29,7 @@ from pynamodb.exceptions import DoesNotExist
 
 from chalicelib.clock import iso
 from chalicelib.errors import ApiError
-from chalicelib.ledger.accounts import ACCOUNT_NAME, may_overdraw
+from chalicelib.ledger.accounts import ACCOUNT_NAME, is_receivable, may_overdraw
 from chalicelib.ledger.records import records_of
 from chalicelib.models.ledger import AccountBalance, JournalTransaction, LedgerEntry, LedgerTable, MoneyRecord
 from chalicelib.models.transactions import Batch, TransactionCancelledError, busy
@@ -93,7 +94,7 @@ def add_posting(batch: Batch, posting: Posting, now: datetime) -> None:
         entry = LedgerEntry(f"ACCOUNT#{account}", f"ENTRY#{at}#{posting.tx_id}")
         entry.tx_id, entry.amount, entry.created_at = posting.tx_id, amount, at
         batch.put(f"entry:{account}", entry, condition=LedgerEntry.pk.does_not_exist())
-        guard = None if amount > 0 or may_overdraw(account) else AccountBalance.balance >= -amount
+        guard = _guard(account, amount)
         batch.update(
             f"balance:{account}",
             AccountBalance(f"ACCOUNT#{account}", "BALANCE"),
@@ -113,6 +114,15 @@ def add_posting(batch: Batch, posting: Posting, now: datetime) -> None:
         record.direction, record.amount_fen, record.status = party.direction, party.amount_fen, party.status
         record.balances = party.balances
         batch.put(f"record:{party.user_id}", record, condition=MoneyRecord.pk.does_not_exist())
+
+
+def _guard(account: str, amount: int) -> Any:
+    """Non-overdraft accounts never go below zero; a receivable never goes above zero."""
+    if is_receivable(account):
+        return AccountBalance.balance <= -amount if amount > 0 else None
+    if amount > 0 or may_overdraw(account):
+        return None
+    return AccountBalance.balance >= -amount
 
 
 def post(posting: Posting, now: datetime, batch: Batch | None = None) -> bool:
@@ -141,6 +151,8 @@ def post(posting: Posting, now: datetime, batch: Batch | None = None) -> bool:
             raise  # the caller's own condition failed: only it can say why
         if "journal" in cancelled.failed:
             return _already_posted(posting)
+        if any(is_receivable(name.removeprefix("balance:")) for name in cancelled.failed):
+            raise busy() from None  # another posting paid the debt back meanwhile: read it again
         if cancelled.failed:  # a balance guard: the account would go below zero
             raise ApiError(409, "insufficient_funds", "The balance does not cover this movement", "余额不足") from None
         raise busy() from None

@@ -36,9 +36,10 @@ STATUS = {
     "withdrawal": "requested",
     "payout": "paid_out",
     "payout_return": "returned",
+    "claim": "taken_back",
 }
 """Where the money of each kind of movement stands once it is posted."""
-DOCTOR_ACCOUNT = re.compile(r"doctor:(?P<doctor>[A-Za-z0-9_-]{1,64}):(?P<balance>pending|available|payout)")
+DOCTOR_ACCOUNT = re.compile(r"doctor:(?P<doctor>[A-Za-z0-9_-]{1,64}):(?P<balance>pending|available|payout|receivable)")
 ORDER_NUMBER = re.compile(r"(PI|RF|PT|PM|WD)[A-Za-z0-9]{1,64}")
 
 

@@ -4,17 +4,22 @@ Keys (``pk``/``sk``): ``INVITATION#<id>`` holds the invitation (``META``), its c
 messages (``MESSAGE#<time>#<id>``), its outbox of notices (``NOTICE#<time>#<event>#<user>#<nonce>``),
 review and complaints; ``CALENDAR#<doctor>`` /
 ``<date>`` is a doctor's day: working or not, the capacity offered for invitations and
-consultations, and how much of it is booked.
+consultations, and how much of it is booked. The requester's review is
+``FEEDBACK#REVIEW`` and their complaint ``FEEDBACK#COMPLAINT`` (one each per invitation),
+so one Query reads both.
 
 Indexes:
 
-- ``by_requester`` / ``by_doctor``: each side's own invitations, newest first.
+- ``by_requester`` / ``by_doctor``: each side's own invitations, newest first. Reviews are
+  listed under ``REVIEWS#<doctor>`` and complaints under ``COMPLAINTS#<doctor>`` in
+  ``by_doctor``; complaints are also listed for the back office by status under
+  ``COMPLAINTS#<status>`` in ``by_requester``.
 - ``due``: *sparse*; an invitation is in it only while a job must act on it (answer
-  deadline, payment window, hold period), ordered by ``due_at``, so a job reads
-  only what is due, never the table.
+  deadline, payment window, hold period, a complaint's penalty period), ordered by
+  ``due_at``, so a job reads only what is due, never the table.
 
-The table streams new and old images to the consumers that keep derived data
-(reputation aggregates, change counts).
+The table streams new and old images to its consumers: the reputation aggregates and
+the outbox of notices.
 """
 
 from __future__ import annotations
@@ -152,6 +157,7 @@ class Invitation(InvitationsTable, discriminator="invitation"):
     completed_at = UnicodeAttribute(null=True)
     hold_until = UnicodeAttribute(null=True)
     ended_at = UnicodeAttribute(null=True)
+    rating = NumberAttribute(null=True)
     history = ListAttribute(of=StatusChange, default=list)
     revision = NumberAttribute(default=0)
     updated_at = UnicodeAttribute()
@@ -180,3 +186,45 @@ class Notice(InvitationsTable, discriminator="notice"):
     recipient_id = UnicodeAttribute()
     sent_at = UnicodeAttribute(null=True)
     outcome = UnicodeAttribute(null=True)
+
+
+class Review(InvitationsTable, discriminator="review"):
+    """The requester's rating of a confirmed invitation: ``INVITATION#<id>`` / ``FEEDBACK#REVIEW``.
+
+    Written once (``attribute_not_exists``) and never changed; the stream adds it to the
+    doctor's reputation. ``reviewer_masked`` is the name others see (``张*``).
+    """
+
+    invitation_id = UnicodeAttribute()
+    doctor_id = UnicodeAttribute()
+    requester_id = UnicodeAttribute()
+    kind = UnicodeAttribute()
+    rating = NumberAttribute()
+    comment = UnicodeAttribute(null=True)
+    reviewer_masked = UnicodeAttribute()
+
+
+class Complaint(InvitationsTable, discriminator="complaint"):
+    """A complaint about an invitation (C8): ``INVITATION#<id>`` / ``FEEDBACK#COMPLAINT``.
+
+    ``status``: ``open`` → ``confirmed`` or ``rejected``, each a conditional write. A
+    confirmed complaint lowers the doctor's level until ``penalty_until``; the
+    ``lift_penalties`` job then sets ``penalty_lifted_at``, and the stream gives the
+    level back. ``refund_fen`` is what a refund for a service not delivered returned.
+    """
+
+    complaint_id = UnicodeAttribute()
+    invitation_id = UnicodeAttribute()
+    doctor_id = UnicodeAttribute()
+    requester_id = UnicodeAttribute()
+    category = UnicodeAttribute()
+    details = UnicodeAttribute()
+    status = UnicodeAttribute()
+    filed_at = UnicodeAttribute()
+    decided_at = UnicodeAttribute(null=True)
+    decided_by = UnicodeAttribute(null=True)
+    decision_reason = UnicodeAttribute(null=True)
+    refund_fen = NumberAttribute(null=True)
+    penalty_stars = NumberAttribute(null=True)
+    penalty_until = UnicodeAttribute(null=True)
+    penalty_lifted_at = UnicodeAttribute(null=True)

@@ -12,7 +12,8 @@ Keys (single-table design, ``pk``/``sk``):
   failed-login counters (both expire by TTL).
 - ``HOSPITAL#<id>`` / ``DIRECTORY``: an institution of the hospital directory, with its
   search terms ``TERM#<term>`` beside it.
-- ``SYSTEM#<name>`` / ...: platform records such as job heartbeats and stream counters.
+- ``SYSTEM#<name>`` / ...: platform records such as job heartbeats.
+- ``USER#<doctor>`` / ``REPUTATION#<fact>``: the reputation facts applied to a doctor.
 
 Sparse indexes (an item is in an index only while it carries the index's keys):
 
@@ -103,19 +104,16 @@ class JobHeartbeat(UsersTable, discriminator="job_heartbeat"):
     runs = NumberAttribute(default=0)
 
 
-class StreamChangeCount(UsersTable, discriminator="stream_change_count"):
-    """How many stream records of one table were applied: ``SYSTEM#stream-changes`` / ``<table>``."""
+class ReputationMark(UsersTable, discriminator="reputation_mark"):
+    """One reputation fact applied to a doctor's aggregates: ``USER#<doctor>`` / ``REPUTATION#<fact>``.
 
-    inserts = NumberAttribute(default=0)
-    modifies = NumberAttribute(default=0)
-    removes = NumberAttribute(default=0)
-
-
-class AppliedStreamRecord(UsersTable, discriminator="applied_stream_record"):
-    """Marks one stream record as applied, so a redelivery changes nothing.
-
-    Stream records live 24 h, so the marker expires after two days.
+    Facts: ``review#<invitation>``, ``penalty#<complaint>``, ``lift#<complaint>``. The mark
+    is put (``attribute_not_exists``) in the same transaction as the aggregate update, so a
+    stream record delivered twice, or late, never counts twice. Kept for good: facts never
+    change once they exist.
     """
+
+    applied_at = UnicodeAttribute()
 
 
 class Account(UsersTable, discriminator="account"):
@@ -150,9 +148,13 @@ class Account(UsersTable, discriminator="account"):
     consultation_fee = NumberAttribute(null=True)
     accepting_dates = ListAttribute(of=UnicodeAttribute, null=True)
     city = UnicodeAttribute(null=True)
+    # reputation: counts kept by the Invitations stream (``anesthesia_count`` by the
+    # confirmation itself) and the level derived from them (``reputation.formula``); the
+    # average and the Bayesian score are derived from the counts when shown
     star_level = NumberAttribute(default=0)
-    rating_average = NumberAttribute(default=0)
     rating_count = NumberAttribute(default=0)
+    rating_sum = NumberAttribute(default=0)
+    penalty_count = NumberAttribute(default=0)
     anesthesia_count = NumberAttribute(default=0)
     # hospital account
     contact_name = UnicodeAttribute(null=True)

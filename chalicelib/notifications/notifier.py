@@ -54,6 +54,10 @@ EVENT_TEXTS: dict[str, str] = {
     "confirmed": "邀请已确认完成",
     "new_message": "您有一条新消息",
     "tipped": "\u60a8\u6536\u5230\u4e00\u4efd\u6253\u8d4f",  # 您收到一份打赏
+    "reviewed": "\u60a8\u6536\u5230\u4e00\u6761\u65b0\u8bc4\u4ef7",  # 您收到一条新评价
+    "complaint_filed": "\u60a8\u7684\u670d\u52a1\u6536\u5230\u4e00\u6761\u6295\u8bc9",  # 您的服务收到一条投诉
+    "complaint_confirmed": "\u6295\u8bc9\u5df2\u6838\u5b9e",  # 投诉已核实
+    "complaint_rejected": "\u6295\u8bc9\u672a\u88ab\u91c7\u7eb3",  # 投诉未被采纳
 }
 """What a template message says of each outbox event: the event only, never the case."""
 

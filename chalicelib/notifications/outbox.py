@@ -34,6 +34,10 @@ EVENTS = frozenset(
         "confirmed",
         "new_message",
         "tipped",
+        "reviewed",
+        "complaint_filed",
+        "complaint_confirmed",
+        "complaint_rejected",
     }
 )
 

@@ -28,7 +28,7 @@ from pynamodb.exceptions import DoesNotExist, UpdateError
 from chalicelib.clock import iso
 from chalicelib.errors import ApiError
 from chalicelib.invitations import engine
-from chalicelib.invitations.machine import CANCELLED, DECLINED, EXPIRED, SYSTEM
+from chalicelib.invitations.machine import CANCELLED, DECLINED, EXPIRED, NOT_DELIVERED, SYSTEM
 from chalicelib.ledger.journal import Posting
 from chalicelib.models.ledger import RefundOrder
 from chalicelib.models.transactions import Batch, TransactionCancelledError
@@ -207,7 +207,7 @@ def _processing(refund: RefundOrder, provider_ref: str | None, now: datetime) ->
     batch.update("refund", refund, actions=refund_actions, condition=RefundOrder.status.is_in(*OPEN))
     invitation = engine.load(refund.reference)
     try:
-        if invitation.status in (DECLINED, EXPIRED, CANCELLED):
+        if invitation.status in (DECLINED, EXPIRED, CANCELLED, NOT_DELIVERED):
             engine.fire(invitation, "start_refund", actor=SYSTEM, actor_id=None, now=now, batch=batch)
         else:
             batch.commit(RefundOrder._get_connection().connection)

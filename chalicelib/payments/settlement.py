@@ -125,13 +125,15 @@ def _paid(order: PaymentOrder, outcome: Outcome, now: datetime, event_id: str | 
 
 
 def _tip_posting(order: PaymentOrder, batch: Batch, now: datetime) -> Posting:
-    """A tip: to the doctor's available balance at once, less the tip fee (none by default)."""
+    """A tip: to the doctor's available balance at once (after anything they owe), less the tip fee (0 by default)."""
+    from chalicelib.ledger.wallet import earnings
+
     settings = get_settings()
     amount, doctor = int(order.amount_fen), order.beneficiary_id or ""
     fee = policy.share(amount, settings.tip_fee_bps)
     entries = {
         accounts.clearing_account(order.channel, order.order_id, settings.ledger_shards): -amount,
-        accounts.doctor_available(doctor): amount - fee,
+        **earnings(doctor, amount - fee),
     }
     if fee:
         entries[accounts.PLATFORM_TIPS] = fee

@@ -179,6 +179,7 @@ def test_invite_pay_accept_complete_confirm_then_decline_and_expiry_refund(flow_
         "pending_fen": 0,
         "available_fen": FEE - PLATFORM_FEE,
         "payout_fen": 0,
+        "owed_fen": 0,
     }
     assert balances(flow_stack, "platform:fees") - fees_before == PLATFORM_FEE
     assert balances(flow_stack, "escrow:") == 0

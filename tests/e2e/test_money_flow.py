@@ -143,6 +143,7 @@ def test_membership_invite_tip_withdraw_and_payout(flow_stack: Stack) -> None:
         "pending_fen": 0,
         "available_fen": 0,
         "payout_fen": 0,
+        "owed_fen": 0,
     }
 
     # THEN each party's statement shows every movement

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from typing import TYPE_CHECKING, Any
 
 import requests
@@ -54,46 +55,53 @@ def test_wrong_method_is_a_405_in_the_error_shape(api: str) -> None:
     assert response.headers["Allow"] == "GET"
 
 
-def _change_counts(ddb: Any) -> dict[str, int]:
-    counter = {"pk": {"S": "SYSTEM#stream-changes"}, "sk": {"S": "anes-local-invitations"}}
-    item = ddb.get_item(TableName="anes-local-users", Key=counter, ConsistentRead=True).get("Item", {})
-    return {name: int(item.get(name, {}).get("N", "0")) for name in ("inserts", "modifies")}
+def _ratings(ddb: Any, doctor_id: str) -> tuple[int, int]:
+    key = {"pk": {"S": f"USER#{doctor_id}"}, "sk": {"S": "PROFILE"}}
+    item = ddb.get_item(TableName="anes-local-users", Key=key, ConsistentRead=True)["Item"]
+    return int(item.get("rating_count", {}).get("N", "0")), int(item.get("rating_sum", {}).get("N", "0"))
 
 
-def _settled_counts(ddb: Any) -> dict[str, int]:
-    """The counts once the pump has caught up with earlier writes (unchanged for a second)."""
-    counts, since = _change_counts(ddb), time.monotonic()
-    deadline = since + 30
-    while time.monotonic() - since < 1.0:
-        assert time.monotonic() < deadline, "the stream counts never settled"
-        time.sleep(0.2)
-        latest = _change_counts(ddb)
-        if latest != counts:
-            counts, since = latest, time.monotonic()
-    return counts
-
-
-def test_stream_consumer_counts_changes_written_to_the_invitations_table(stack: Stack) -> None:
-    # GIVEN the counts after whatever other tests wrote
+def test_the_event_pump_feeds_the_stream_consumer_each_fact_once(stack: Stack) -> None:
+    # GIVEN a doctor account, written straight to the Users table
     ddb = stack.dynamodb()
-    before = _settled_counts(ddb)
+    doctor_id, now = f"e2e-{uuid.uuid4().hex[:12]}", "2026-12-05T08:00:00+00:00"
+    account = {
+        "pk": {"S": f"USER#{doctor_id}"},
+        "sk": {"S": "PROFILE"},
+        "type": {"S": "account"},
+        "user_id": {"S": doctor_id},
+        "role": {"S": "doctor"},
+        "revision": {"N": "0"},
+        "created_at": {"S": now},
+        "updated_at": {"S": now},
+    }
+    ddb.put_item(TableName="anes-local-users", Item=account)
 
-    # WHEN an item is written to the Invitations table, then changed
-    key = {"pk": {"S": "INVITATION#e2e"}, "sk": {"S": "META"}}
-    ddb.put_item(TableName="anes-local-invitations", Item={**key, "status": {"S": "awaiting_payment"}})
+    # WHEN a review of one of their invitations is written to the Invitations table, then changed
+    key = {"pk": {"S": f"INVITATION#{doctor_id}"}, "sk": {"S": "FEEDBACK#REVIEW"}}
+    review = {
+        **key,
+        "type": {"S": "review"},
+        "invitation_id": {"S": doctor_id},
+        "doctor_id": {"S": doctor_id},
+        "requester_id": {"S": "e2e-patient"},
+        "kind": {"S": "invitation"},
+        "rating": {"N": "4"},
+        "reviewer_masked": {"S": "E**"},
+    }
+    ddb.put_item(TableName="anes-local-invitations", Item=review)
     ddb.update_item(
         TableName="anes-local-invitations",
         Key=key,
-        UpdateExpression="SET #s = :s",
-        ExpressionAttributeNames={"#s": "status"},
-        ExpressionAttributeValues={":s": {"S": "pending_response"}},
+        UpdateExpression="SET #c = :c",
+        ExpressionAttributeNames={"#c": "comment"},
+        ExpressionAttributeValues={":c": {"S": "Clear explanations"}},
     )
 
-    # THEN the stream consumer, run by the event pump, counted each exactly once
-    expected = {"inserts": before["inserts"] + 1, "modifies": before["modifies"] + 1}
+    # THEN the stream consumer, run by the event pump, counted the rating exactly once
     deadline = time.monotonic() + 15
-    while (counts := _change_counts(ddb)) != expected:
-        assert time.monotonic() < deadline, f"stream consumer saw {counts}, expected {expected}"
+    while (seen := _ratings(ddb, doctor_id)) != (1, 4):
+        assert time.monotonic() < deadline, f"the stream consumer left the ratings at {seen}"
         time.sleep(0.2)
     time.sleep(1.0)
-    assert _change_counts(ddb) == expected, "a record was counted twice"
+    assert _ratings(ddb, doctor_id) == (1, 4), "a fact was applied twice"

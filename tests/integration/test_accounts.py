@@ -378,12 +378,14 @@ def _verified_doctor(hospital_name: str, star_level: float, rating: float, admin
     verification.decide(admin, doctor, True, None, now)
     account = _account(doctor)
     assert account is not None
-    account.star_level, account.rating_average = star_level, rating
+    ratings = 10
+    account.star_level, account.rating_count, account.rating_sum = star_level, ratings, round(rating * ratings)
     keys = discovery_keys(account)
     account.update(
         actions=[
             Account.star_level.set(star_level),
-            Account.rating_average.set(rating),
+            Account.rating_count.set(ratings),
+            Account.rating_sum.set(round(rating * ratings)),
             *(getattr(Account, name).set(value) for name, value in keys.items()),
         ]
     )

@@ -158,6 +158,7 @@ def test_concurrent_withdrawals_over_the_balance_exactly_one_succeeds(payouts: F
         "pending_fen": 0,
         "available_fen": 40_000,
         "payout_fen": 60_000,
+        "owed_fen": 0,
     }
     listed = withdrawals.list_own(doctor, 100, None)["items"]
     assert [item["amount_fen"] for item in listed] == [60_000]
@@ -263,7 +264,13 @@ def test_the_job_racing_a_success_callback_posts_once(payouts: FakePayouts, roun
     assert set(outcomes) <= {"applied", "duplicate", "conflict"}
     assert _order(number).status == "succeeded"
     assert transaction(f"payout:{number}") is not None
-    assert wallet(doctor.user_id) == {"currency": "CNY", "pending_fen": 0, "available_fen": 50_000, "payout_fen": 0}
+    assert wallet(doctor.user_id) == {
+        "currency": "CNY",
+        "pending_fen": 0,
+        "available_fen": 50_000,
+        "payout_fen": 0,
+        "owed_fen": 0,
+    }
     # a retry of the loser (the provider redelivers, the job runs again) changes nothing
     assert transfers.apply_event(callback(number, "payout_succeeded", 50_000), later) == "duplicate"
     assert transfers.follow_up(_order(number), later) == "duplicate"
@@ -283,7 +290,13 @@ def test_the_job_racing_a_failure_callback_returns_the_money_and_the_limit_once(
 
     assert outcomes.count("applied") == 1, outcomes
     assert _order(number).status == "failed"
-    assert wallet(doctor.user_id) == {"currency": "CNY", "pending_fen": 0, "available_fen": 100_000, "payout_fen": 0}
+    assert wallet(doctor.user_id) == {
+        "currency": "CNY",
+        "pending_fen": 0,
+        "available_fen": 100_000,
+        "payout_fen": 0,
+        "owed_fen": 0,
+    }
     assert withdrawals.withdrawn_on(doctor.user_id, _order(number).requested_on) == 0  # given back once, not twice
     assert_ledger_ok()
 
@@ -337,7 +350,13 @@ def test_the_whole_path_runs_through_the_job(payouts: FakePayouts) -> None:
     # THEN one is paid out and one is back in the wallet, and the job's queue holds neither
     assert first["failed"] == second["failed"] == 0
     assert [_order(number).status for number in numbers] == ["succeeded", "failed"]
-    assert wallet(doctor.user_id) == {"currency": "CNY", "pending_fen": 0, "available_fen": 70_000, "payout_fen": 0}
+    assert wallet(doctor.user_id) == {
+        "currency": "CNY",
+        "pending_fen": 0,
+        "available_fen": 70_000,
+        "payout_fen": 0,
+        "owed_fen": 0,
+    }
     due = {order.out_bill_no for order in transfers.due(now + timedelta(days=2), 1000)}
     assert not due & set(numbers)
     assert_ledger_ok()

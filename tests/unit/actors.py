@@ -233,10 +233,16 @@ def make_vip_hospital(client: Client, admin: Actor, hospital_id: str) -> Actor:
     return hospital
 
 
-def set_reputation(user_id: str, star_level: float, rating_average: float) -> None:
+def set_reputation(user_id: str, star_level: float, rating_count: int, rating_sum: int) -> None:
     """Give a verified doctor a reputation, and move their rank keys to match (as reputation updates do)."""
     account = Account.get(f"USER#{user_id}", "PROFILE", consistent_read=True)
-    account.update(actions=[Account.star_level.set(star_level), Account.rating_average.set(rating_average)])
+    account.update(
+        actions=[
+            Account.star_level.set(star_level),
+            Account.rating_count.set(rating_count),
+            Account.rating_sum.set(rating_sum),
+        ]
+    )
     keys = discovery_keys(account)
     account.update(actions=[getattr(Account, name).set(value) for name, value in keys.items()])
 

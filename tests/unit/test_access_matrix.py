@@ -11,8 +11,8 @@ may not call a route gets 401 ``unauthorized`` (anon) or 403 ``forbidden`` (a ho
 without membership on a VIP route: 403 ``membership_required``).
 
 The world (accounts, hospitals) is built once for the module; every cell's request is
-chosen so that it does not change what another cell sees. Invitations and payment orders
-are not part of it: their routes get ids that name nothing (``FIXED_PARAMS``), so an
+chosen so that it does not change what another cell sees. Invitations, payment orders and
+complaints are not part of it: their routes get ids that name nothing (``FIXED_PARAMS``), so an
 admitted caller gets the 404 their ownership check gives any id that is not theirs. The
 table checks the role gate; who sees which invitation is the flows' to test.
 """
@@ -165,6 +165,12 @@ EXPECTED: dict[tuple[str, str], Row] = {
         cells={"admin/own": 404, "admin/other": 200},
     ),
     ("GET", "/v1/admin/ledger/check"): Row(frozenset({ADMIN}), ok=200),
+    # complaints: the world has none, so a decision on an id that names nothing is 404 complaint_not_found
+    ("GET", "/v1/admin/complaints"): Row(frozenset({ADMIN}), ok=200),
+    ("POST", "/v1/admin/complaints/{complaint_id}/confirm"): Row(
+        frozenset({ADMIN}), ok=404, body={"reason": "matrix", "refund": True}
+    ),
+    ("POST", "/v1/admin/complaints/{complaint_id}/reject"): Row(frozenset({ADMIN}), ok=404, body={"reason": "matrix"}),
     # invitations: the ids name nothing, so whoever passes the role gate gets 404 invitation_not_found
     ("POST", "/v1/invitations"): Row(REQUESTERS, ok=404, body=_invitation_request),
     ("GET", "/v1/invitations"): Row(PARTIES, ok=200),
@@ -177,6 +183,10 @@ EXPECTED: dict[tuple[str, str], Row] = {
     ("POST", "/v1/invitations/{invitation_id}/confirm"): Row(OWN_REQUESTERS, ok=404),
     ("GET", "/v1/invitations/{invitation_id}/messages"): Row(PARTIES | {ADMIN}, ok=404),
     ("POST", "/v1/invitations/{invitation_id}/messages"): Row(PARTIES, ok=404, body={"text": "matrix"}),
+    ("POST", "/v1/invitations/{invitation_id}/review"): Row(OWN_REQUESTERS, ok=404, body={"rating": 5}),
+    ("POST", "/v1/invitations/{invitation_id}/complaints"): Row(
+        OWN_REQUESTERS, ok=404, body={"category": "other", "details": "matrix"}
+    ),
     # money: an order for an invitation that does not exist is 404 invitation_not_found
     ("POST", "/v1/payments"): Row(
         OWN_REQUESTERS, ok=404, body={"purpose": "invitation", "reference": NO_INVITATION, "channel": "sandbox"}
@@ -200,6 +210,7 @@ EXPECTED: dict[tuple[str, str], Row] = {
 FIXED_PARAMS = {
     "kind": "patient-entry",
     "invitation_id": NO_INVITATION,
+    "complaint_id": f"CP{NO_INVITATION}",
     "order_id": "PImatrix-no-such-order",
     "provider": "matrix",
 }

@@ -273,3 +273,92 @@ def test_a_malformed_membership_plan_is_refused(plans: str) -> None:
 def test_the_withdrawal_minimum_fits_the_daily_limit() -> None:
     with pytest.raises(ConfigError, match="WITHDRAWAL_MIN_FEN must not exceed"):
         load_settings(env(WITHDRAWAL_MIN_FEN="5000", WITHDRAWAL_DAILY_LIMIT_FEN="4000"))
+
+
+# --- reputation: star level, reviews, complaints ------------------------------------------------
+
+
+def test_reputation_settings_have_the_published_defaults() -> None:
+    from chalicelib.config import StarRules
+
+    settings = load_settings(env())
+    assert settings.star_rules == StarRules()
+    assert settings.star_rules.tiers == ((1, 3.0), (10, 4.0), (30, 4.5), (100, 5.0))
+    assert (settings.star_rules.prior_mean, settings.star_rules.prior_weight) == (4.0, 10)
+    assert (settings.star_rules.penalty_stars, settings.star_rules.penalty_days) == (1.0, 90)
+    assert (settings.review_window_days, settings.complaint_window_days) == (30, 30)
+
+
+def test_reputation_settings_are_read() -> None:
+    settings = load_settings(
+        env(
+            STAR_PRIOR_MEAN="3.5",
+            STAR_PRIOR_WEIGHT="25",
+            STAR_TIERS=" 5:2.5, 20:4 ,50:5",
+            COMPLAINT_PENALTY_STARS="0.5",
+            COMPLAINT_PENALTY_DAYS="30",
+            REVIEW_WINDOW_DAYS="14",
+            COMPLAINT_WINDOW_DAYS="7",
+        )
+    )
+    rules = settings.star_rules
+    assert (rules.prior_mean, rules.prior_weight) == (3.5, 25)
+    assert rules.tiers == ((5, 2.5), (20, 4.0), (50, 5.0))
+    assert (rules.penalty_stars, rules.penalty_days) == (0.5, 30)
+    assert (settings.review_window_days, settings.complaint_window_days) == (14, 7)
+
+
+def test_blank_reputation_settings_take_the_defaults() -> None:
+    from chalicelib.config import StarRules
+
+    settings = load_settings(env(STAR_TIERS="  ", COMPLAINT_PENALTY_STARS="", STAR_PRIOR_MEAN=" "))
+    assert settings.star_rules == StarRules()
+
+
+@pytest.mark.parametrize(
+    "tiers",
+    [
+        "0:3",  # no tier at zero completed: before the first one there is no level
+        "1:3,1:4",  # counts must ascend
+        "10:3,1:4",
+        "1:4,10:3",  # stars must ascend
+        "1:3,10:3",
+        "1:5.5",  # above five stars
+        "1:3.3",  # not a half step
+        "1:0",
+        "x:3",
+        "1-3",
+        "1:",
+        "1:3,",
+        "-1:3",
+    ],
+)
+def test_a_malformed_star_tier_list_is_refused(tiers: str) -> None:
+    with pytest.raises(ConfigError, match="STAR_TIERS"):
+        load_settings(env(STAR_TIERS=tiers))
+
+
+@pytest.mark.parametrize("step", ["0", "0.3", "5.5", "-1", "one", "nan"])
+def test_the_complaint_penalty_must_be_half_stars_up_to_five(step: str) -> None:
+    with pytest.raises(ConfigError, match="COMPLAINT_PENALTY_STARS"):
+        load_settings(env(COMPLAINT_PENALTY_STARS=step))
+
+
+@pytest.mark.parametrize("mean", ["0.5", "5.5", "0", "-4", "four", "inf", "nan"])
+def test_the_prior_mean_must_be_from_one_to_five(mean: str) -> None:
+    with pytest.raises(ConfigError, match="STAR_PRIOR_MEAN"):
+        load_settings(env(STAR_PRIOR_MEAN=mean))
+
+
+@pytest.mark.parametrize("mean", ["1", "5", "4.25"])
+def test_the_prior_mean_bounds_are_inclusive(mean: str) -> None:
+    assert load_settings(env(STAR_PRIOR_MEAN=mean)).star_rules.prior_mean == float(mean)
+
+
+@pytest.mark.parametrize(
+    "name", ["STAR_PRIOR_WEIGHT", "COMPLAINT_PENALTY_DAYS", "REVIEW_WINDOW_DAYS", "COMPLAINT_WINDOW_DAYS"]
+)
+@pytest.mark.parametrize("value", ["0", "-3", "2.5", "ten"])
+def test_reputation_counts_must_be_positive_whole_numbers(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        load_settings(env(**{name: value}))

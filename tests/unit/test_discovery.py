@@ -257,11 +257,11 @@ def _ranked(client: Client, hospitals: actors.Hospitals, admin: actors.Actor) ->
         "huashan": actors.make_verified_doctor(client, admin, hospitals.huashan, specialties=["paediatric", "pain"]),
         "unverified": actors.make_doctor(client, hospitals.pumch),
     }
-    actors.set_reputation(doctors["good"].user_id, 4.5, 4.2)
-    actors.set_reputation(doctors["better"].user_id, 4.5, 4.9)
-    actors.set_reputation(doctors["best"].user_id, 5.0, 3.0)
-    actors.set_reputation(doctors["chaoyang"].user_id, 3.0, 5.0)
-    actors.set_reputation(doctors["huashan"].user_id, 4.0, 4.0)
+    actors.set_reputation(doctors["good"].user_id, 4.5, 10, 42)
+    actors.set_reputation(doctors["better"].user_id, 4.5, 10, 49)
+    actors.set_reputation(doctors["best"].user_id, 5.0, 10, 30)
+    actors.set_reputation(doctors["chaoyang"].user_id, 3.0, 10, 50)
+    actors.set_reputation(doctors["huashan"].user_id, 4.0, 10, 40)
     return doctors
 
 
@@ -414,7 +414,7 @@ def storefront(client: Client, viewer: actors.Actor, doctor_id: str) -> Any:
 
 def test_the_storefront_of_a_verified_doctor(client: Client, hospitals: actors.Hospitals, admin: actors.Actor) -> None:
     doctor = actors.make_verified_doctor(client, admin, hospitals.pumch)
-    actors.set_reputation(doctor.user_id, 4.5, 4.8)
+    actors.set_reputation(doctor.user_id, 4.5, 10, 48)
     patient = actors.register(client, "patient")
 
     body = expect(storefront(client, patient, doctor.user_id), 200)
@@ -423,7 +423,7 @@ def test_the_storefront_of_a_verified_doctor(client: Client, hospitals: actors.H
     assert (body["star_level"], body["rating_average"], body["rating_count"], body["anesthesia_count"]) == (
         4.5,
         4.8,
-        0,
+        10,
         0,
     )
     assert (body["invitation_fee"], body["consultation_fee"]) == (300_000, 20_000)

@@ -426,6 +426,7 @@ def test_accept_splits_the_fee_and_books_the_day_once(client: Client, flow: Flow
         "pending_fen": DOCTOR_SHARE,
         "available_fen": 0,
         "payout_fen": 0,
+        "owed_fen": 0,
     }
     assert balance(fees(invitation_id)) == PLATFORM_FEE
     assert booked(flow.doctor, flow.day) == 1
@@ -584,6 +585,7 @@ def test_a_late_cancel_after_acceptance_refunds_the_configured_share(
         "pending_fen": 0,
         "available_fen": 135_000,
         "payout_fen": 0,
+        "owed_fen": 0,
     }
     assert balance(fees(invitation_id)) == 15_000
     assert balance(clearing(invitation_id)) == -150_000
@@ -679,6 +681,7 @@ def test_confirm_releases_the_doctors_share_and_counts_one_anesthesia(
         "pending_fen": 0,
         "available_fen": FEE - PLATFORM_FEE,
         "payout_fen": 0,
+        "owed_fen": 0,
     }
     assert balance(fees(invitation_id)) == PLATFORM_FEE
     assert storefront_count(client, flow.patient, flow.doctor) == 1

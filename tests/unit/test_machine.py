@@ -41,16 +41,19 @@ def test_every_state_is_declared_and_reachable() -> None:
 def test_only_final_states_end_a_path() -> None:
     ends = {TRANSITIONS[path[-1]].target for path in paths()}
 
-    # closed ends a path too, though a payment arriving later still leads out of it (to a refund)
-    assert ends == FINAL_STATES - {machine.CLOSED}
+    # closed ends a path too, though a payment arriving later still leads out of it (to a refund);
+    # confirmed never ends one here: a complaint that the service was not delivered leads on to a refund
+    assert ends == FINAL_STATES - {machine.CLOSED, machine.CONFIRMED}
     for state in set(STATES) - FINAL_STATES:
         assert any(state in step.sources for step in TRANSITIONS.values()), f"{state} has no way out"
 
 
-def test_a_final_state_is_left_only_by_a_payment_after_closing() -> None:
+def test_a_final_state_is_left_only_by_a_payment_after_closing_or_a_service_not_delivered() -> None:
     leaving = sorted(step.name for step in TRANSITIONS.values() if step.sources & FINAL_STATES)
 
-    assert leaving == ["pay_after_closing"]
+    assert leaving == ["pay_after_closing", "refund_not_delivered"]
+    assert TRANSITIONS["refund_not_delivered"].actors == {machine.ADMIN}
+    assert TRANSITIONS["refund_not_delivered"].sources & FINAL_STATES == {machine.CONFIRMED}
 
 
 def test_every_paid_path_moves_the_money_once_and_in_order() -> None:
@@ -65,6 +68,11 @@ def test_every_paid_path_moves_the_money_once_and_in_order() -> None:
         assert effects[1] in ("post_acceptance", "post_refund"), path
         if "post_release" in effects:
             assert effects.index("post_acceptance") < effects.index("post_release"), path
+        if "post_claim" in effects:
+            # a service not delivered: what acceptance (and release) moved comes back into the claim first
+            assert effects.index("post_acceptance") < effects.index("post_claim") < effects.index("post_refund"), path
+            assert effects.count("post_claim") == 1, path
+        elif "post_release" in effects:
             assert "post_refund" not in effects, path
         assert effects.count("post_refund") <= 1 and effects.count("post_release") <= 1, path
 
@@ -143,10 +151,10 @@ def test_plan_refuses_a_transition_from_another_state_with_409(name: str, status
     assert raised.value.details["allowed_from"] == sorted(TRANSITIONS[name].sources)
 
 
-def test_a_decline_and_a_cancel_need_a_reason() -> None:
+def test_a_decline_a_cancel_and_a_refund_for_a_service_not_delivered_need_a_reason() -> None:
     needing = sorted(name for name, step in TRANSITIONS.items() if step.reason_required)
 
-    assert needing == ["cancel", "decline"]
+    assert needing == ["cancel", "decline", "refund_not_delivered"]
 
 
 def test_the_diagram_shows_every_transition() -> None:

@@ -424,6 +424,7 @@ def test_a_withdrawal_moves_available_to_payout_and_waits_for_the_job(aws: None)
         "pending_fen": 0,
         "available_fen": 70_000,
         "payout_fen": 30_000,
+        "owed_fen": 0,
     }
     stored = order(number)
     assert (stored.requested_on, stored.attempts, stored.work_queue, stored.due_at) == (
@@ -586,7 +587,13 @@ def test_a_payout_is_sent_once_followed_and_settled(provider: FakePayouts) -> No
         iso(NOW + timedelta(seconds=360)),
         None,
     )
-    assert wallet(doctor.user_id) == {"currency": "CNY", "pending_fen": 0, "available_fen": 50_000, "payout_fen": 0}
+    assert wallet(doctor.user_id) == {
+        "currency": "CNY",
+        "pending_fen": 0,
+        "available_fen": 50_000,
+        "payout_fen": 0,
+        "owed_fen": 0,
+    }
     clearing = ledger_accounts.clearing_account("sandbox", number, get_settings().ledger_shards)
     assert transaction(f"payout:{number}")["entries"] == {  # type: ignore[index]
         ledger_accounts.doctor_payout(doctor.user_id): -50_000,
@@ -605,7 +612,13 @@ def test_a_failed_payout_returns_the_money_visibly(provider: FakePayouts) -> Non
 
     assert step(number, NOW + timedelta(minutes=1)) == "applied"
 
-    assert wallet(doctor.user_id) == {"currency": "CNY", "pending_fen": 0, "available_fen": 100_000, "payout_fen": 0}
+    assert wallet(doctor.user_id) == {
+        "currency": "CNY",
+        "pending_fen": 0,
+        "available_fen": 100_000,
+        "payout_fen": 0,
+        "owed_fen": 0,
+    }
     shown = withdrawals.list_own(doctor, 20, None)["items"][0]
     assert (shown["status"], shown["fail_reason"]) == ("failed", "PAYEE_ACCOUNT_ABNORMAL")
     assert shown["fail_message"] == (
@@ -773,7 +786,13 @@ def test_final_states_never_change(provider: FakePayouts) -> None:
     assert transfers.apply_status(settled, PayoutStatus(number, "cancelled"), NOW) == "ignored"
 
     assert order(number).status == "succeeded"
-    assert wallet(doctor.user_id) == {"currency": "CNY", "pending_fen": 0, "available_fen": 50_000, "payout_fen": 0}
+    assert wallet(doctor.user_id) == {
+        "currency": "CNY",
+        "pending_fen": 0,
+        "available_fen": 50_000,
+        "payout_fen": 0,
+        "owed_fen": 0,
+    }
     assert transaction(f"payout_return:{number}") is None
 
 
