@@ -646,7 +646,9 @@ def release(invitation: Invitation, actor: str, actor_id: str | None, now: datet
         batch.update(
             "doctor",
             Account(f"USER#{invitation.doctor_id}", "PROFILE"),
-            actions=[Account.anesthesia_count.add(1)],
+            # the revision moves too: the reputation stream derives the level from this count,
+            # and its writes are conditional on the revision they read
+            actions=[Account.anesthesia_count.add(1), Account.revision.add(1)],
             condition=Account.pk.exists(),
         )
     add_notice(

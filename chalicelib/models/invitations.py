@@ -225,6 +225,5 @@ class Complaint(InvitationsTable, discriminator="complaint"):
     decided_by = UnicodeAttribute(null=True)
     decision_reason = UnicodeAttribute(null=True)
     refund_fen = NumberAttribute(null=True)
-    penalty_stars = NumberAttribute(null=True)
     penalty_until = UnicodeAttribute(null=True)
     penalty_lifted_at = UnicodeAttribute(null=True)

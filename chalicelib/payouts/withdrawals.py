@@ -3,9 +3,10 @@
 ``request`` writes ONE transaction: the payout order (its ``out_bill_no`` fixed now, before
 any provider sees it, and queued in ``WORK#payout``), the day's total raised under the
 daily limit, and the posting ``doctor:available → doctor:payout`` whose balance guard
-keeps ``available`` from going below zero. Two withdrawals at once over the balance:
-exactly one commits, the other is 409 ``insufficient_funds``; over the day's limit, 409
-``daily_limit_reached``. Nothing is half written on any failure.
+keeps ``available`` from going below zero. A doctor who owes (``doctor:<id>:receivable``
+below zero) pays that back first, in the same posting: only money beyond the debt leaves.
+Two withdrawals at once over the balance: exactly one commits, the other is 409
+``insufficient_funds``; over the day's limit, 409 ``daily_limit_reached``. Nothing is half written on any failure.
 
 A transaction that met a concurrent one is tried again with the same order number, so a
 try whose answer was lost and that did commit is found (its order exists) and answered,
@@ -32,7 +33,7 @@ from chalicelib.clock import iso, shanghai_date
 from chalicelib.config import get_settings
 from chalicelib.errors import ApiError
 from chalicelib.ledger import accounts as ledger_accounts
-from chalicelib.ledger.journal import Posting, post
+from chalicelib.ledger.journal import Posting, balance, post
 from chalicelib.models.ledger import PayoutOrder, WithdrawalDay
 from chalicelib.models.transactions import Batch, TransactionCancelledError, busy
 from chalicelib.observability import logger
@@ -175,12 +176,20 @@ def _batch(order: PayoutOrder, limit: int) -> Batch:
     return batch
 
 
-def withdrawal_posting(order: PayoutOrder) -> Posting:
+def withdrawal_posting(order: PayoutOrder, owed_fen: int) -> Posting:
+    """``available → payout``; and first ``available → receivable`` for what the doctor owes (a refund
+    took it back after release), so money leaves only beyond the debt. The receivable's guard makes a
+    concurrent repayment retry."""
     amount, doctor, number = int(order.amount_fen), order.doctor_id, order.out_bill_no
+    entries = {
+        ledger_accounts.doctor_available(doctor): -(amount + owed_fen),
+        ledger_accounts.doctor_payout(doctor): amount,
+        ledger_accounts.doctor_receivable(doctor): owed_fen,
+    }
     return Posting(
         f"withdrawal:{number}",
         "withdrawal",
-        {ledger_accounts.doctor_available(doctor): -amount, ledger_accounts.doctor_payout(doctor): amount},
+        {account: value for account, value in entries.items() if value},
         f"withdrawal:{number}",
     )
 
@@ -201,7 +210,8 @@ def request(principal: Principal, body: WithdrawalRequest, now: datetime) -> tup
         raise _limit_reached(doctor_id, order.requested_on, limit)
     for attempt in range(ATTEMPTS):
         try:
-            post(withdrawal_posting(order), now, _batch(order, limit))
+            owed = max(0, -balance(ledger_accounts.doctor_receivable(doctor_id)))
+            post(withdrawal_posting(order, owed), now, _batch(order, limit))
         except TransactionCancelledError as cancelled:
             if "payout_order" in cancelled.failed:  # an earlier try committed; its answer was lost
                 return _committed(order)

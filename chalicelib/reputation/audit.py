@@ -84,7 +84,7 @@ def _fix(doctor_id: str, now: datetime) -> bool:
         "doctor",
         account,
         actions=actions,
-        condition=(Account.revision == account.revision) & (Account.anesthesia_count == account.anesthesia_count),
+        condition=Account.revision == account.revision,  # a confirmation moves the revision with the count
     )
     try:
         batch.commit(Account._get_connection().connection)

@@ -350,7 +350,7 @@ def _refund_not_delivered(admin: Principal, invitation: Invitation, reason: str,
         batch.update(
             "doctor",
             Account(f"USER#{invitation.doctor_id}", "PROFILE"),
-            actions=[Account.anesthesia_count.add(-1)],
+            actions=[Account.anesthesia_count.add(-1), Account.revision.add(1)],  # see ``service.release``
             condition=Account.anesthesia_count >= 1,
         )
     # never delivered: the unit of the day that accepting booked is given back
@@ -384,6 +384,15 @@ def _refund_not_delivered(admin: Principal, invitation: Invitation, reason: str,
 def _refusal(failed: list[str]) -> ApiError | None:
     if "complaint" in failed:
         return ApiError(409, "complaint_decided", "This complaint was decided meanwhile", "该投诉已处理")
+    if "doctor" in failed or "capacity" in failed:  # counts kept in the same transactions as the invitations
+        return ApiError(
+            409,
+            "counts_out_of_sync",
+            "The doctor's anesthesia count or calendar disagrees with the invitations; an operator must run "
+            "make recompute-stars FIX=1 (or correct the calendar day) before this refund",
+            "\u533b\u751f\u7684\u8ba1\u6570\u4e0e\u9080\u8bf7\u8bb0\u5f55\u4e0d\u7b26\uff0c\u8bf7\u8054\u7cfb\u8fd0\u7ef4\u5904\u7406",
+            {"failed": sorted(set(failed) & {"doctor", "capacity"})},
+        )
     return None
 
 

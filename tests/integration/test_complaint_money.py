@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import pytest
+
 from chalicelib.clock import utc_now
 from chalicelib.errors import ApiError
 from chalicelib.invitations import service
@@ -164,4 +166,39 @@ def test_racing_earnings_repay_a_debt_once(admin: Principal, provider: FakeProvi
     # THEN the debt was repaid once: one share pays it, the other is available
     money = _doctor_money(people)
     assert (money["receivable"], money["available"], money["pending"]) == (0, DOCTOR_SHARE_FEN, 0)
+    assert_ledger_ok()
+
+
+def test_a_doctor_who_owes_withdraws_only_beyond_the_debt(admin: Principal, provider: FakeProvider) -> None:
+    from chalicelib.payments.provider import PayoutStatus
+    from chalicelib.payouts import transfers
+
+    # GIVEN a doctor with two released shares who withdraws both
+    now = utc_now()
+    people = make_people(admin, capacity=5)
+    first, second = _completed(people, now), _completed(people, now)
+    for invitation_id in (first, second):
+        service.confirm(people.patient, invitation_id, later(now, days=4, minutes=30))
+    _, card = payout_accounts.register(people.doctor, BankCardPayee("Dr Zhou", "ICBC", "6222021234567890128"), now)
+    both = 2 * DOCTOR_SHARE_FEN
+    _, pending = withdrawals.request(people.doctor, WithdrawalRequest(both, card["account_id"]), now)
+    # AND one service is refunded as not delivered (the share is owed), then the payout fails (the money comes back)
+    _refund_until_done(admin, _complaint(people, first, now), later(now, days=4, hours=2))
+    order = withdrawals.get(pending["withdrawal_id"])
+    assert order is not None
+    failed = PayoutStatus(order.out_bill_no, "failed", "bill-1", both, fail_reason="PAYEE_ACCOUNT_ABNORMAL")
+    assert transfers.apply_status(order, failed, later(now, days=4, hours=3)) == "applied"
+    assert _doctor_money(people) == {"pending": 0, "available": both, "payout": 0, "receivable": -DOCTOR_SHARE_FEN}
+
+    # WHEN the doctor tries to withdraw everything THEN only what is beyond the debt may leave
+    with pytest.raises(ApiError) as refused:
+        withdrawals.request(people.doctor, WithdrawalRequest(both, card["account_id"]), later(now, days=4, hours=4))
+    assert refused.value.code == "insufficient_funds"
+    status, _ = withdrawals.request(
+        people.doctor, WithdrawalRequest(DOCTOR_SHARE_FEN, card["account_id"]), later(now, days=4, hours=4)
+    )
+
+    # AND that withdrawal paid the debt back first
+    assert status == 201
+    assert _doctor_money(people) == {"pending": 0, "available": 0, "payout": DOCTOR_SHARE_FEN, "receivable": 0}
     assert_ledger_ok()

@@ -452,3 +452,37 @@ def test_doctors_without_any_event_need_no_repair(client: Client, flow: Flow) ->
     report = audit()
     assert report.doctors == 2
     assert report.ok, report.differences
+
+
+# --- a confirmation landing between the consumer's read and its write --------------------------------
+
+
+def test_a_fact_applied_while_a_confirmation_lands_derives_the_level_from_the_new_count(
+    aws: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a doctor with nine completed invitations (capped at 3 stars; ten open up 4)
+    now = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+    doctor = Account("USER#d-race", "PROFILE")
+    doctor.user_id, doctor.role, doctor.revision, doctor.anesthesia_count = "d-race", "doctor", 1, 9
+    doctor.created_at = doctor.updated_at = now.isoformat()
+    doctor.save()
+    read = aggregates._account
+    confirmations: list[str] = []
+
+    def read_then_confirm(doctor_id: str) -> Account | None:
+        found = read(doctor_id)
+        if not confirmations:  # the tenth confirmation commits right after the consumer's first read
+            confirmations.append(doctor_id)
+            Account(f"USER#{doctor_id}", "PROFILE").update(
+                actions=[Account.anesthesia_count.add(1), Account.revision.add(1)]
+            )
+        return found
+
+    monkeypatch.setattr(aggregates, "_account", read_then_confirm)
+
+    # WHEN a 5-star review is applied meanwhile
+    assert aggregates.apply_fact("d-race", aggregates.Fact("review#i-race", ratings=1, stars=5), now) is True
+
+    # THEN the write made from the stale read was refused, and the level follows ten completed invitations
+    stored = account("d-race")
+    assert (int(stored.anesthesia_count), int(stored.rating_count), float(stored.star_level)) == (10, 1, 4.0)
