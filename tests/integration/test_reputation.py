@@ -21,6 +21,8 @@ from chalicelib.invitations import service
 from chalicelib.ledger import accounts
 from chalicelib.ledger.journal import balance
 from chalicelib.models.users import Account
+from chalicelib.payments import orders
+from chalicelib.payments.orders import OrderRequest
 from chalicelib.reputation import aggregates, complaints, reviews
 from chalicelib.reputation.audit import difference
 from chalicelib.reputation.complaints import ComplaintRequest, Decision
@@ -35,6 +37,7 @@ from tests.integration.flow_helpers import (
     later,
     make_people,
     paid_invitation,
+    pay,
 )
 
 if TYPE_CHECKING:
@@ -126,8 +129,12 @@ def test_ten_reviews_and_a_confirmed_complaint_through_the_stream(
     # GIVEN a doctor with ten confirmed, reviewed invitations
     now = utc_now()
     people = make_people(admin, capacity=12)
-    for minute, rating in enumerate(RATINGS):
-        _confirmed_and_reviewed(people, rating, now, minute)
+    reviewed = [_confirmed_and_reviewed(people, rating, now, minute) for minute, rating in enumerate(RATINGS)]
+    # AND a generous tip on the first (tips never count towards the level)
+    _, tip = orders.open_order(
+        people.patient, OrderRequest("tip", reviewed[0], "sandbox", amount_fen=50_000), later(now, days=5)
+    )
+    assert pay(tip["order_id"], 50_000, later(now, days=5)) == "applied"
     # AND an eleventh, accepted but not delivered: the patient complains, the back office confirms with a refund
     lost = paid_invitation(people, now)
     service.accept(people.doctor, lost.invitation_id, now)
