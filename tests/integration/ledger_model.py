@@ -8,9 +8,9 @@
 - ``LedgerProbe``: the ledger invariants, checked cheaply and only over what one example
   wrote: every journal transaction since the example started (one Query of the journal
   list), the balances of the accounts it saw together with its orders (one BatchGet), and
-  the entries since the start of the accounts that moved (one Query each). Other examples'
-  data stays in the tables and is never read whole;
-- ``invitations_as_stored``: the example's invitations, in one BatchGet.
+  the entries since the start of the accounts that moved (one Query each), and the example's
+  invitations in the same BatchGet as the balances. Other examples' data stays in the tables
+  and is never read whole.
 
 Times: every example runs on its own stretch of business time, later than anything the
 test process wrote before (``World.next_start``), so "entries since the start" are exactly
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from chalicelib.clock import iso
-from chalicelib.ledger.accounts import is_escrow, may_overdraw
+from chalicelib.ledger.accounts import is_escrow, is_receivable, may_overdraw
 from chalicelib.ledger.journal import TRANSACTIONS_LIST
 from chalicelib.models.invitations import Invitation
 from chalicelib.models.ledger import JournalTransaction, LedgerEntry, LedgerTable
@@ -244,27 +244,34 @@ class World:
 # --- reading the ledger -------------------------------------------------------------------------
 
 
-def read_ledger(keys: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
-    """Items of the Ledger table by key, raw (consistent BatchGetItem, unprocessed keys retried).
+def read_raw(wanted: dict[str, list[tuple[str, str]]]) -> dict[str, dict[tuple[str, str], dict[str, Any]]]:
+    """Items by table name and key, raw, several tables in the same consistent BatchGetItem calls
+    (100 keys a call, unprocessed keys retried): one round trip where there would be one per table.
 
     Raw, so that an item a bug wrote malformed (say a balance without its type) is read all the same.
     """
     client = LedgerTable._get_connection().connection.client
-    table = LedgerTable.Meta.table_name
-    found: dict[tuple[str, str], dict[str, Any]] = {}
+    found: dict[str, dict[tuple[str, str], dict[str, Any]]] = {table: {} for table in wanted}
+    keys = [(table, pk, sk) for table, pairs in wanted.items() for pk, sk in pairs]
     for start in range(0, len(keys), 100):
-        request: dict[str, Any] = {
-            table: {
-                "Keys": [{"pk": {"S": pk}, "sk": {"S": sk}} for pk, sk in keys[start : start + 100]],
-                "ConsistentRead": True,
-            }
-        }
+        request: dict[str, Any] = {}
+        for table, pk, sk in keys[start : start + 100]:
+            request.setdefault(table, {"Keys": [], "ConsistentRead": True})["Keys"].append(
+                {"pk": {"S": pk}, "sk": {"S": sk}}
+            )
         while request:
             answer = client.batch_get_item(RequestItems=request)
-            for item in answer["Responses"].get(table, []):
-                found[(item["pk"]["S"], item["sk"]["S"])] = item
+            for table, items in answer["Responses"].items():
+                for item in items:
+                    found[table][(item["pk"]["S"], item["sk"]["S"])] = item
             request = answer.get("UnprocessedKeys") or {}
     return found
+
+
+def read_ledger(keys: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Items of the Ledger table by key, raw (see ``read_raw``)."""
+    table = LedgerTable.Meta.table_name
+    return read_raw({table: keys})[table]
 
 
 def _amount(item: dict[str, Any] | None) -> int:
@@ -273,38 +280,38 @@ def _amount(item: dict[str, Any] | None) -> int:
 
 def read_balances(accounts: Iterable[str]) -> dict[str, int]:
     """The balances of ``accounts`` (0 for one never posted to)."""
-    balances, _ = read_balances_and_orders(accounts, ())
+    balances, _, _ = read_books(accounts, (), ())
     return balances
 
 
-def read_balances_and_orders(accounts: Iterable[str], orders: Iterable[str]) -> tuple[dict[str, int], dict[str, Any]]:
-    """Balances of ``accounts`` (0 when never posted to) and the payment, refund and payout orders
-    numbered ``orders`` (each as its own model class), in the same BatchGets of the Ledger table."""
-    wanted, numbers = sorted(set(accounts)), sorted(set(orders))
-    items = read_ledger(
-        [(f"ACCOUNT#{account}", "BALANCE") for account in wanted] + [(f"ORDER#{n}", "ORDER") for n in numbers]
+def read_books(
+    accounts: Iterable[str], orders: Iterable[str], invitation_ids: Iterable[str]
+) -> tuple[dict[str, int], dict[str, Any], dict[str, Invitation]]:
+    """Balances of ``accounts`` (0 when never posted to), the payment, refund and payout orders numbered
+    ``orders`` (each as its own model class) and the invitations ``invitation_ids`` as stored, in the same
+    BatchGets of the Ledger and Invitations tables."""
+    wanted, numbers, invitations = sorted(set(accounts)), sorted(set(orders)), sorted(set(invitation_ids))
+    ledger, table = LedgerTable.Meta.table_name, Invitation.Meta.table_name
+    raw = read_raw(
+        {
+            ledger: [(f"ACCOUNT#{account}", "BALANCE") for account in wanted]
+            + [(f"ORDER#{n}", "ORDER") for n in numbers],
+            table: [(f"INVITATION#{key}", "META") for key in invitations],
+        }
     )
+    items = raw[ledger]
     balances = {account: _amount(items.get((f"ACCOUNT#{account}", "BALANCE"))) for account in wanted}
     found = {
         number: LedgerTable.from_raw_data(items[(f"ORDER#{number}", "ORDER")])
         for number in numbers
         if (f"ORDER#{number}", "ORDER") in items
     }
-    return balances, found
-
-
-def read_items(model: type, keys: list[tuple[str, str]]) -> dict[str, Any]:
-    """Items of ``model`` by hash key (consistent BatchGet); missing ones are absent."""
-    found: dict[str, Any] = {}
-    for start in range(0, len(keys), 100):
-        for item in model.batch_get(keys[start : start + 100], consistent_read=True):  # type: ignore[attr-defined]
-            found[item.pk] = item
-    return found
-
-
-def invitations_as_stored(invitation_ids: Iterable[str]) -> dict[str, Invitation]:
-    items = read_items(Invitation, [(f"INVITATION#{key}", "META") for key in invitation_ids])
-    return {item.invitation_id: item for item in items.values()}
+    stored = {
+        key: Invitation.from_raw_data(raw[table][(f"INVITATION#{key}", "META")])
+        for key in invitations
+        if (f"INVITATION#{key}", "META") in raw[table]
+    }
+    return balances, found, stored
 
 
 @dataclass
@@ -322,9 +329,10 @@ class LedgerProbe:
     - L1: every transaction since the start sums to zero;
     - L2: each account's balance minus its balance at the start equals the sum of its entries
       written since the start, and every entry matches its transaction (both ways);
-    - L3: no account but a provider's clearing account is below zero;
+    - L3: no account but a provider's clearing account or a doctor's receivable is below zero,
+      and no receivable is above zero;
     - L4: a transaction or entry once read never changes or disappears;
-    - L6: money leaves an escrow in one entry at most.
+    - L6: money leaves an escrow (or a complaint's claim) in one entry at most.
 
     Accounts known at the start (``baseline``) are measured from their balance then; an
     account first seen in a transaction later (a new escrow, or an account of some other
@@ -340,20 +348,22 @@ class LedgerProbe:
         self.journal: dict[str, Posted] = {}
         self.entries: dict[str, dict[str, tuple[str, int]]] = {account: {} for account in self.base}
         self.orders: dict[str, Any] = {}
+        self.invitations: dict[str, Invitation] = {}
 
     # -- each step ------------------------------------------------------------------------------
 
-    def step(self, orders: Iterable[str] = ()) -> list[str]:
+    def step(self, orders: Iterable[str] = (), invitation_ids: Iterable[str] = ()) -> list[str]:
         """Read what changed since the last step and check it; the violations found.
 
-        ``orders`` are order numbers read in the same BatchGet as the balances (``self.orders``).
+        ``orders`` (order numbers) and ``invitation_ids`` are read in the same BatchGets as the
+        balances (``self.orders``, ``self.invitations``), for the caller to compare.
         """
         violations: list[str] = []
         fresh = self._read_journal(violations)
         touched = {account for posted in fresh.values() for account in posted.entries}
         for account in sorted(touched - set(self.base)):
             self._adopt(account, violations)
-        balances, self.orders = read_balances_and_orders(self.base, orders)
+        balances, self.orders, self.invitations = read_books(self.base, orders, invitation_ids)
         moved = {account for account, amount in balances.items() if amount != self.balances.get(account)}
         self.balances = balances
         for account in sorted(touched | moved):
@@ -362,6 +372,11 @@ class LedgerProbe:
             f"L3: {account} is {amount} fen, below zero"
             for account, amount in sorted(balances.items())
             if amount < 0 and not may_overdraw(account)
+        ]
+        violations += [
+            f"L3: {account} is {amount} fen: a receivable above zero"
+            for account, amount in sorted(balances.items())
+            if amount > 0 and is_receivable(account)
         ]
         return violations
 

@@ -7,20 +7,30 @@ business time — and keeps a model of what every step must do: the answer (stat
 error code), the invitations' statuses, the orders' states, every journal transaction
 with its entries, each party's statement and the doctor's wallet.
 
+Complaints (issue 6, C7/C8) are part of it: the requester complains, the back office
+confirms (with or without a refund) or rejects. A refund for a service not delivered
+takes the money into ``claim:<invitation>`` — the doctor's share from pending before
+release, from available after it and, what available no longer holds, as the doctor's
+receivable (owed) — and the fee shard's part; the claim goes to the provider when the
+refund settles. Releases and tips repay what the doctor owes first; a withdrawal repays
+it first too, and only money beyond the debt may leave.
+
 After EVERY step the invariants are checked, over this example's data only:
 
 - L1–L4 and L6 (``ledger_model.LedgerProbe``): transactions sum to zero; each balance moved
   by exactly its entries written since the example started, and every entry matches its
-  transaction; no account but a provider's clearing account below zero; nothing once
-  written changes; an escrow is left once at most;
+  transaction; no account but a provider's clearing account or a doctor's receivable below
+  zero, no receivable above zero; nothing once written changes; an escrow (or a claim) is
+  left once at most;
 - the model: the example's transactions are exactly the expected ones, with the expected
-  entries; its private balances (escrows, the doctor's three) are the expected ones; the
+  entries; its private balances (escrows, claims, the doctor's four) are the expected ones; the
   invitations and the payment, refund and payout orders are in the expected states;
 - money in from the provider minus money out (the provider's own records, for what our
   side says it applied) equals what the ledger says left the provider's clearing accounts,
   and equals all the money the example's accounts hold;
-- the wallet equals the ledger (``GET /v1/me/wallet``); each party's statement (``GET
-  /v1/me/transactions``) has exactly the expected rows; a bought membership ends when expected.
+- the wallet equals the ledger (``GET /v1/me/wallet``, ``owed_fen`` the receivable negated);
+  each party's statement (``GET /v1/me/transactions``) has exactly the expected rows (type,
+  direction, amount, status and the doctor's balances moved); a bought membership ends when expected.
 
 L5 has its own rule: a money POST sent again with the same ``Idempotency-Key`` answers the
 same and moves nothing; with another body it is 409 ``idempotency_key_reused``. At the end
@@ -67,6 +77,7 @@ from chalicelib.invitations.machine import (
     CONFIRMED,
     DECLINED,
     EXPIRED,
+    NOT_DELIVERED,
     PENDING_RESPONSE,
     REFUNDED,
     REFUNDING,
@@ -95,7 +106,6 @@ from tests.integration.ledger_model import (
     ModelProvider,
     World,
     business_clock,
-    invitations_as_stored,
 )
 
 if TYPE_CHECKING:
@@ -139,10 +149,30 @@ FITTING = st.integers(min_value=0, max_value=3).map(bool)
 REFUND_MODES = st.sampled_from(("succeed", "processing", "fail"))
 DELIVERIES = st.sampled_from(("callback", "direct", "lost"))
 DETOURS = st.sampled_from(("none", "decline", "expire", "cancel_early", "cancel_late"))
-WITHDRAWALS = ("below_minimum", "minimum", "half", "all", "one_over", "day_left", "over_day_left")
+WITHDRAWALS = ("below_minimum", "minimum", "half", "all", "one_over", "all_held", "day_left", "over_day_left")
+"""``all``: everything beyond what the doctor owes; ``one_over``: a fen more; ``all_held``: all that is available."""
 OPEN_PAYOUT = ("requested", "processing", "wait_user_confirm")
-PRIVATE_KINDS = ("escrow:", "doctor:")
-"""Accounts only this example's postings touch (a fresh doctor, its own invitations)."""
+PRIVATE_KINDS = ("escrow:", "claim:")
+"""Per-invitation accounts only this example's postings touch (with the fresh doctor's own four)."""
+COMPLAINABLE = (ACCEPTED, COMPLETED, CONFIRMED)
+COMPLAINTS = {"not_delivered": "Nobody came to the theatre", "late": "The anesthesiologist came two hours late"}
+"""The two complaint bodies a requester sends (the same one again is answered 200, another 409)."""
+DECISIONS = st.sampled_from(("refund", "refund", "confirm", "reject"))
+"""The back office's decision: confirmed with a refund (not delivered; the money path, so twice as often),
+confirmed without one, or rejected."""
+STATEMENT_STATUS = {
+    "payment": "paid",
+    "acceptance": "held",
+    "release": "available",
+    "refund": "refunded",
+    "tip": "paid",
+    "membership": "paid",
+    "withdrawal": "requested",
+    "payout": "paid_out",
+    "payout_return": "returned",
+    "claim": "taken_back",
+}
+"""Where the money of each kind of movement stands, as a statement row says (api.md)."""
 
 
 def share(amount: int, bps: int) -> int:
@@ -151,6 +181,15 @@ def share(amount: int, bps: int) -> int:
 
 
 # --- the model ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Grievance:
+    """A complaint as the model expects it: what was filed, and the back office's decision."""
+
+    category: str
+    status: str = "open"
+    refund: bool = False
 
 
 @dataclass
@@ -175,6 +214,13 @@ class Inv:
     hold_until: datetime | None = None
     refund_no: str | None = None
     tip_slot: str | None = None
+    ended_at: datetime | None = None
+    """When it was confirmed (the complaint window counts from then)."""
+    complaint: Grievance | None = None
+
+    @property
+    def complaint_id(self) -> str:
+        return f"CP{self.invitation_id}"
 
     def __str__(self) -> str:
         return f"{self.name} ({self.status})"
@@ -227,15 +273,17 @@ class Replayable:
     answer: Any
 
 
+Row = tuple[str, str, str, int, str, tuple[tuple[str, int], ...]]
+"""A statement row: transaction, type, direction, amount, status, and the doctor's balances it moved."""
+
+
 @dataclass
 class Books:
     """The journal transactions the example must have written, and each party's statement rows."""
 
     doctor_id: str
     txs: dict[str, tuple[str, dict[str, int]]] = field(default_factory=dict)
-    rows: dict[str, list[tuple[str, str, str, int]]] = field(
-        default_factory=lambda: {"patient": [], "hospital": [], "doctor": []}
-    )
+    rows: dict[str, list[Row]] = field(default_factory=lambda: {"patient": [], "hospital": [], "doctor": []})
 
     def post(self, tx_id: str, kind: str, reference: str, entries: dict[str, int], payer: str | None = None) -> None:
         moved = {account: amount for account, amount in entries.items() if amount}
@@ -244,16 +292,19 @@ class Books:
         self.txs[tx_id] = (reference, moved)
         prefix = f"doctor:{self.doctor_id}:"
         doctor = {account: amount for account, amount in moved.items() if account.startswith(prefix)}
+        status = STATEMENT_STATUS[kind]
         if doctor:
             net = sum(doctor.values())
+            balances = tuple(sorted((account.removeprefix(prefix), amount) for account, amount in doctor.items()))
             if net:
-                self.rows["doctor"].append((tx_id, kind, "in" if net > 0 else "out", abs(net)))
+                self.rows["doctor"].append((tx_id, kind, "in" if net > 0 else "out", abs(net), status, balances))
             else:
-                self.rows["doctor"].append((tx_id, kind, "internal", sum(a for a in doctor.values() if a > 0)))
+                moved_in = sum(a for a in doctor.values() if a > 0)
+                self.rows["doctor"].append((tx_id, kind, "internal", moved_in, status, balances))
         if payer is not None:
             paid = sum(amount for account, amount in moved.items() if account.startswith("provider:"))
             if paid:
-                self.rows[payer].append((tx_id, kind, "in" if paid > 0 else "out", abs(paid)))
+                self.rows[payer].append((tx_id, kind, "in" if paid > 0 else "out", abs(paid), status, ()))
 
     def balance(self, account: str) -> int:
         return sum(entries.get(account, 0) for _, entries in self.txs.values())
@@ -322,14 +373,15 @@ class LedgerMachine(RuleBasedStateMachine):
         self.provider = world.provider
         self.hospital_id = hospital_id_for(XIEHE, BEIJING)
         self.fee = fee
-        self.people = make_parties(world.admin, self.hospital_id, fee, start)
+        self.people = {**make_parties(world.admin, self.hospital_id, fee, start), "admin": world.admin}
         today = shanghai_date(start)
         self.calendar = (today, today + timedelta(days=CALENDAR_DAYS))
         doctor_id = self.people["doctor"].user_id
-        self.pending, self.available, self.payout = (
+        self.pending, self.available, self.payout, self.receivable = (
             accounts.doctor_pending(doctor_id),
             accounts.doctor_available(doctor_id),
             accounts.doctor_payout(doctor_id),
+            accounts.doctor_receivable(doctor_id),
         )
         self.invs: list[Inv] = []
         self.orders: dict[str, Order] = {}
@@ -349,13 +401,28 @@ class LedgerMachine(RuleBasedStateMachine):
         shards = range(self.settings.ledger_shards)
         baseline = [f"{accounts.PLATFORM_FEES}:{n}" for n in shards]
         baseline += [f"{accounts.provider('sandbox')}:{n}" for n in shards]
-        baseline += [accounts.PLATFORM_MEMBERSHIP, accounts.PLATFORM_TIPS, self.pending, self.available, self.payout]
+        baseline += [accounts.PLATFORM_MEMBERSHIP, accounts.PLATFORM_TIPS, *self._doctor_accounts()]
         self.probe = LedgerProbe(start, baseline)
         self.ready = True
         self._say(f"a doctor charging {fee} fen, a patient and a hospital")
         self.invite("patient", 2, 9)  # every example has an invitation to move on from
 
     # -- helpers ---------------------------------------------------------------------------------
+
+    def _doctor_accounts(self) -> tuple[str, str, str, str]:
+        return self.pending, self.available, self.payout, self.receivable
+
+    def _owed(self) -> int:
+        """What the doctor owes (the receivable, ≤ 0, negated)."""
+        return -self.books.balance(self.receivable)
+
+    def _earned(self, kind: str, amount: int) -> dict[str, int]:
+        """Where money the doctor earns goes (a release, a tip): first what they owe, the rest available."""
+        owed = self._owed()
+        repaid = min(owed, amount)
+        if repaid:
+            SEEN[f"model: a {kind} repays a debt ({'in full' if repaid == owed else 'in part'})"] += 1
+        return {self.receivable: repaid, self.available: amount - repaid}
 
     def _some(self, wanted: Callable[[Inv], bool]) -> bool:
         return self.ready and any(wanted(inv) for inv in self.invs)
@@ -461,7 +528,7 @@ class LedgerMachine(RuleBasedStateMachine):
             fee = share(order.amount, settings.tip_fee_bps)
             entries = {
                 self._clearing(order.order_id): -order.amount,
-                self.available: order.amount - fee,
+                **self._earned("tip", order.amount - fee),
                 accounts.PLATFORM_TIPS: fee,
             }
             self.books.post(f"tip:{order.order_id}", "tip", f"invitation:{inv.invitation_id}", entries, order.payer)
@@ -498,7 +565,7 @@ class LedgerMachine(RuleBasedStateMachine):
         SEEN[f"model: a refund sent, the provider answers {mode}"] += 1
         if mode == "processing":
             refund.ours = "processing"
-            if refund.inv.status in (DECLINED, EXPIRED, CANCELLED):
+            if refund.inv.status in (DECLINED, EXPIRED, CANCELLED, NOT_DELIVERED):
                 refund.inv.status = REFUNDING
         elif mode == "succeed":
             self._refund_settled(refund)
@@ -512,8 +579,8 @@ class LedgerMachine(RuleBasedStateMachine):
         )
 
     def _release(self, inv: Inv) -> None:
-        inv.status = CONFIRMED
-        entries = {self.pending: -inv.share, self.available: inv.share}
+        inv.status, inv.ended_at = CONFIRMED, self.now
+        entries = {self.pending: -inv.share, **self._earned("release", inv.share)}
         self.books.post(f"release:{inv.invitation_id}", "release", f"invitation:{inv.invitation_id}", entries)
 
     def _send_payout(self, withdrawal: Withdrawal, answer: str) -> None:
@@ -981,6 +1048,234 @@ class LedgerMachine(RuleBasedStateMachine):
         self._provider_takes_payment(order)
         self._deliver(order, delivery)
 
+    # -- complaints (issue 6: C7, C8) -------------------------------------------------------------
+
+    def _window_closed(self, inv: Inv) -> bool:
+        window = timedelta(days=self.settings.complaint_window_days)
+        return inv.status == CONFIRMED and inv.ended_at is not None and self.now > inv.ended_at + window
+
+    def _complainable(self, inv: Inv) -> bool:
+        """A complaint would be taken (about an accepted one once its time has come: the rule may wait for it)."""
+        return inv.complaint is None and inv.status in COMPLAINABLE and not self._window_closed(inv)
+
+    @precondition(lambda self: self._some(lambda i: i.status in COMPLAINABLE or i.complaint is not None))
+    @rule(pick=PICK, fitting=FITTING, category=st.sampled_from(tuple(COMPLAINTS)), wait=st.booleans())
+    @tracked
+    def requester_complains(self, pick: int, fitting: bool, category: str, wait: bool) -> None:
+        self._complain(self._pick(pick, fitting, self._complainable), category, wait)
+
+    def _complain(self, inv: Inv, category: str, wait: bool) -> None:
+        if wait and inv.status == ACCEPTED:
+            self._advance_to(inv.scheduled_at)
+        body = {"category": category, "details": COMPLAINTS[category]}
+        path = f"/v1/invitations/{inv.invitation_id}/complaints"
+        response = http(self.world.api, "POST", path, self.people[inv.requester], body)
+        what = f"the {inv.requester} complains about {inv} ({category})"
+        before = inv.complaint.status if inv.complaint else "none"
+        SEEN[f"complaint filed: invitation {inv.status}, complaint before {before} -> {_outcome(response)}"] += 1
+        filed = inv.complaint
+        if filed is not None and filed.category == category:  # the same complaint again: answered as it is now
+            self._same_complaint(what, self._expect(what, response, 200), inv)
+        elif filed is not None:
+            self._expect(what, response, 409, "complaint_exists")
+        elif inv.status == ACCEPTED and self.now < inv.scheduled_at:
+            self._expect(what, response, 409, "complaint_too_early")
+        elif self._window_closed(inv):
+            self._expect(what, response, 409, "complaint_window_closed")
+        elif inv.status not in COMPLAINABLE:
+            self._expect(what, response, 409, "not_complainable")
+        else:
+            answer = self._expect(what, response, 201)
+            inv.complaint = Grievance(category)
+            self._same_complaint(what, answer, inv)
+
+    def _same_complaint(self, what: str, answer: Any, inv: Inv) -> None:
+        filed = inv.complaint
+        assert filed is not None
+        refund_fen = inv.fee if filed.refund else None
+        expected = (inv.complaint_id, inv.invitation_id, filed.category, filed.status, refund_fen)
+        got = tuple(answer[name] for name in ("complaint_id", "invitation_id", "category", "status", "refund_fen"))
+        assert got == expected, f"{what}: answered {answer}, expected {expected}"
+
+    @precondition(lambda self: self._some(lambda i: i.complaint is not None))
+    @rule(
+        pick=PICK,
+        fitting=FITTING,
+        decision=DECISIONS,
+        refund=REFUND_MODES,
+        again=st.integers(min_value=0, max_value=3).map(lambda n: n == 0),
+    )
+    @tracked
+    def back_office_decides(self, pick: int, fitting: bool, decision: str, refund: str, again: bool) -> None:
+        """Mostly an open complaint; sometimes any invitation's (a decided one: 409; none: 404). ``again``:
+        then confirmed once more (409 ``complaint_decided``, nothing moves)."""
+        inv = self._pick(pick, fitting, lambda i: bool(i.complaint and i.complaint.status == "open"))
+        if self._decide(inv, decision, refund) and again:
+            self._check()
+            self._decide(inv, "refund", refund)
+
+    def _decide(self, inv: Inv, decision: str, refund: str) -> bool:
+        """The back office's decision over HTTP (a confirmation with an ``Idempotency-Key``, so it is replayed too)."""
+        path = f"/v1/admin/complaints/{inv.complaint_id}"
+        if decision == "reject":
+            body = {"reason": "The ward says the service was delivered"}
+            response = http(self.world.api, "POST", f"{path}/reject", self.people["admin"], body)
+        else:
+            self.provider.refund_mode = refund
+            body = {"reason": "The ward confirms the complaint", "refund": decision == "refund"}
+            response = self._post("admin", f"{path}/confirm", body)
+        what = f"the back office decides the complaint about {inv}: {decision} (the provider's refund: {refund})"
+        filed = inv.complaint
+        before = filed.status if filed else "none"
+        SEEN[f"complaint {decision}: invitation {inv.status}, complaint {before} -> {_outcome(response)}"] += 1
+        if filed is None:
+            self._expect(what, response, 404, "complaint_not_found")
+            return False
+        if filed.status != "open":
+            self._expect(what, response, 409, "complaint_decided")
+            return False
+        if decision == "refund" and inv.status not in COMPLAINABLE:
+            self._expect(what, response, 409, "not_refundable")
+            return False
+        answer = self._expect(what, response, 200)
+        filed.status, filed.refund = "rejected" if decision == "reject" else "confirmed", decision == "refund"
+        if filed.refund:
+            self._not_delivered(inv, refund)
+        self._same_complaint(what, answer, inv)
+        return True
+
+    def _not_delivered(self, inv: Inv, refund: str) -> None:
+        """A refund for a service not delivered: the doctor's share and the fee into ``claim:<invitation>`` now
+        (the share from pending before release; after it, from available and, what that no longer holds, owed),
+        then the claim to the provider when the refund settles (``complaints.claim_entries``, restated)."""
+        if inv.status == CONFIRMED:
+            taken = min(inv.share, max(0, self.books.balance(self.available)))
+            doctor = {self.available: -taken, self.receivable: taken - inv.share}
+            source = "from available" if taken == inv.share else "partly owed" if taken else "all owed"
+            SEEN[f"model: a claim after release ({source})"] += 1
+        else:
+            doctor = {self.pending: -inv.share}
+            SEEN[f"model: a claim before release ({inv.status})"] += 1
+            if inv.status == ACCEPTED:  # never delivered: the unit of the day that accepting booked is given back
+                inv.booked = False
+                self.booked[inv.day] -= 1
+        entries = {
+            **doctor,
+            accounts.fee_account(inv.invitation_id, self.settings.ledger_shards): -inv.platform_fee,
+            accounts.claim(inv.invitation_id): inv.fee,
+        }
+        self.books.post(f"claim:{inv.invitation_id}", "claim", f"invitation:{inv.invitation_id}", entries)
+        back = {accounts.claim(inv.invitation_id): -inv.fee, self._clearing(inv.invitation_id): inv.fee}
+        self._start_refund(inv, NOT_DELIVERED, back, inv.fee, refund)
+
+    def _may_go_on(self, inv: Inv) -> bool:
+        """Whether the ordinary path may still lead ``inv`` on (a payment window or answer deadline not passed)."""
+        if inv.status == AWAITING_PAYMENT:
+            order = self.orders.get(inv.order_id) if inv.order_id else None
+            if order is None:
+                return self.now < inv.window_end
+            return order.at_provider == "pending" and self.now < order.expires_at
+        if inv.status == PENDING_RESPONSE:
+            return inv.deadline is not None and self.now < inv.deadline and self.booked[inv.day] < CAPACITY
+        return True
+
+    def _one_to_go_on(self, pick: int) -> Inv:
+        """An invitation the ordinary path may still lead on, without a complaint: a new one when there is none
+        (most of an example's invitations soon wait for a payment whose window has closed)."""
+        fresh = [i for i in self.invs if i.status in MOVABLE and i.complaint is None]
+        going = [i for i in fresh if self._may_go_on(i)]
+        going = [i for i in going if i.status != AWAITING_PAYMENT] or going  # the shorter way, when there is one
+        if not going and len(self.invs) < MAX_INVITATIONS:
+            step, count = self.step_name, len(self.invs)
+            self.invite("patient", 1 + pick % 4, 9)
+            self.step_name = step
+            going = self.invs[count:]
+        candidates = going or fresh
+        return candidates[pick % len(candidates)]
+
+    @precondition(lambda self: self._some(lambda i: i.status in MOVABLE and i.complaint is None))
+    @rule(
+        pick=PICK,
+        stage=st.sampled_from((*COMPLAINABLE, CONFIRMED)),  # after release: the most money paths
+        timing=st.sampled_from(("in_time",) * 7 + ("off",)),
+        cash_out=st.sampled_from(("keep", "withdraw", "withdraw_tip_fail")),
+        delivery=st.sampled_from(("callback", "direct")),
+        category=st.sampled_from(tuple(COMPLAINTS)),
+        decision=DECISIONS,
+        refund=REFUND_MODES,
+    )
+    @tracked
+    def a_service_goes_wrong(
+        self,
+        pick: int,
+        stage: str,
+        timing: str,
+        cash_out: str,
+        delivery: str,
+        category: str,
+        decision: str,
+        refund: str,
+    ) -> None:
+        """One invitation goes along its ordinary path to ``stage`` — accepted (then its time comes), completed,
+        or confirmed, after which the doctor may first cash out everything beyond what they owe — then its
+        requester complains and the back office decides. ``timing`` ``off``: the requester first complains too
+        early (accepted), or only after the window closed (confirmed; when the example has the time left).
+        ``withdraw``: after a refund that left a debt, another service is confirmed or tipped (repaying it first).
+        ``withdraw_tip_fail``: the requester tips after the cash-out (so the claim takes part from available,
+        part owed); after the refund the payout fails, so the money is back while the debt stays, and the
+        doctor tries to withdraw all of it (refused), then all beyond the debt (the debt repaid first).
+        Uniform rule choice rarely gets that far.
+
+        Moving along the ordinary path is what ``an_invitation_moves_on`` checks step by step, and a complaint
+        moves no money, so the checks here come only between the money movements that follow (the invariants
+        run after the rule as always, and the journal is compared transaction by transaction)."""
+        inv = self._one_to_go_on(pick)
+        for _ in range(6):
+            if inv.status not in MOVABLE or MOVABLE.index(inv.status) >= MOVABLE.index(stage):
+                break
+            was = (inv.status, inv.order_id)
+            if not self._go_on(inv, delivery) or (inv.status, inv.order_id) == was:  # stopped, or refused
+                break
+        withdrew = cash_out != "keep" and inv.status == CONFIRMED == stage
+        if withdrew:
+            if "bank_card" not in self.payout_accounts:
+                self._add_payout_account("bank_card")
+            self._withdraw("all", "bank_card")
+            if cash_out == "withdraw_tip_fail":
+                self._check()
+                self._tip(inv, 2_000, delivery)
+            self._check()
+        closes = inv.ended_at + timedelta(days=self.settings.complaint_window_days) if inv.ended_at else None
+        if timing == "off" and inv.status == ACCEPTED:
+            self._complain(inv, category, wait=False)
+        elif timing == "off" and closes is not None and closes < self.start + TIME_BUDGET:
+            self._advance_to(closes + timedelta(seconds=1))
+        self._complain(inv, category, wait=True)
+        if inv.complaint is None or inv.complaint.status != "open":
+            return
+        decided = self._decide(inv, decision, refund)
+        if not (withdrew and decided and self._owed()):
+            return
+        if cash_out == "withdraw":  # the doctor earns again: another service confirmed, or tipped, repays first
+            others = [i for i in self.invs if i is not inv and i.status in (COMPLETED, CONFIRMED)]
+            if others:
+                other = others[pick % len(others)]
+                self._check()
+                if other.status == COMPLETED:
+                    self._confirm(other)
+                else:
+                    self._tip(other, 2_000, delivery)
+            return
+        if any(w.ours == "requested" for w in self.withdrawals.values()):
+            self._check()
+            self._advance(seconds=3600)
+            self.provider.payout_answer = "failed"
+            self._say("the provider now fails new transfers")
+            self._job_payouts()
+            self._check()
+        for amount in ("all_held", "all"):  # refused (the debt); then only what is beyond it (often below the minimum)
+            self._withdraw(amount, "bank_card")
+
     # -- the follow-up jobs and the provider's own pace ---------------------------------------------
 
     @precondition(lambda self: self.ready and any(o.ours == "pending" for o in self.orders.values()))
@@ -1060,29 +1355,33 @@ class LedgerMachine(RuleBasedStateMachine):
     def _withdraw(self, amount: str, kind: str) -> None:
         settings = self.settings
         minimum, limit = settings.withdrawal_min_fen, settings.withdrawal_daily_limit_fen
-        available = self.books.balance(self.available)
+        available, owed = self.books.balance(self.available), self._owed()
         day = shanghai_date(self.now).isoformat()
         left = limit - self.withdrawn[day]
         fen = {
             "below_minimum": minimum - 1,
             "minimum": minimum,
             "half": max(available // 2, minimum),
-            "all": max(available, minimum),
-            "one_over": available + 1,
+            "all": max(available - owed, minimum),
+            "one_over": available - owed + 1,
+            "all_held": max(available, minimum),
             "day_left": left,
             "over_day_left": left + 1,
         }[amount]
         self.withdraw_tries += 1
         account_id = self.payout_accounts.get(kind, "pa000000000000000000000000")
         response = self._post("doctor", "/v1/withdrawals", {"amount_fen": fen, "payout_account_id": account_id})
-        what = f"the doctor withdraws {fen} fen ({amount}; {available} available, {left} left today) to {kind}"
+        state = f"{available} available, {owed} owed, {left} left today"
+        what = f"the doctor withdraws {fen} fen ({amount}; {state}) to {kind}"
         if fen < minimum:
             self._expect(what, response, 422, "amount_below_minimum")
         elif kind not in self.payout_accounts:
             self._expect(what, response, 404, "payout_account_not_found")
         elif fen > left:
             self._expect(what, response, 409, "daily_limit_reached")
-        elif fen > available:
+        elif fen + owed > available:  # only money beyond the debt may leave
+            if owed and fen <= available:
+                SEEN["model: a withdrawal refused for the debt (available covers the amount, not amount + owed)"] += 1
             self._expect(what, response, 409, "insufficient_funds")
         else:
             answer = self._expect(what, response, 201)
@@ -1090,7 +1389,9 @@ class LedgerMachine(RuleBasedStateMachine):
             number = answer["withdrawal_id"]
             self.withdrawals[number] = Withdrawal(number, fen, day, self.now)
             self.withdrawn[day] += fen
-            entries = {self.available: -fen, self.payout: fen}
+            if owed:
+                SEEN["model: a withdrawal repays the debt first"] += 1
+            entries = {self.available: -(fen + owed), self.payout: fen, self.receivable: owed}
             self.books.post(f"withdrawal:{number}", "withdrawal", f"withdrawal:{number}", entries)
 
     @precondition(lambda self: self.ready and any(w.ours in OPEN_PAYOUT for w in self.withdrawals.values()))
@@ -1144,6 +1445,8 @@ class LedgerMachine(RuleBasedStateMachine):
             self._expect(what, response, 409, "idempotency_key_reused")
             return
         answer = self._expect(what, response, sent.status)
+        if sent.who == "admin":
+            SEEN["model: the back office's confirmation sent again, answered the same"] += 1
         if sent.path.startswith("/v1/invitations"):  # the remembered id, shown as it is now
             assert answer["invitation_id"] == sent.answer["invitation_id"], f"{what}: {answer}"
         else:
@@ -1165,7 +1468,7 @@ class LedgerMachine(RuleBasedStateMachine):
             self._check()
 
     def _check(self) -> None:
-        violations = self.probe.step(self._order_numbers())
+        violations = self.probe.step(self._order_numbers(), [inv.invitation_id for inv in self.invs])
         assert not violations, self._explain("ledger invariants", violations)
         mine = self._my_transactions()
         self._compare_transactions(mine)
@@ -1185,9 +1488,9 @@ class LedgerMachine(RuleBasedStateMachine):
         return f"{what}:\n  {listed}\nlast steps:\n  {recent}"
 
     def _private(self, account: str) -> bool:
-        if account.startswith("escrow:"):
-            return account.removeprefix("escrow:") in {inv.invitation_id for inv in self.invs}
-        return account in (self.pending, self.available, self.payout)
+        if account.startswith(PRIVATE_KINDS):
+            return account.split(":", 1)[1] in {inv.invitation_id for inv in self.invs}
+        return account in self._doctor_accounts()
 
     def _my_transactions(self) -> dict[str, tuple[str, dict[str, int]]]:
         """This example's journal transactions: by reference, or by touching its private accounts."""
@@ -1216,7 +1519,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
     def _compare_states(self) -> None:
         problems: list[str] = []
-        stored = invitations_as_stored(inv.invitation_id for inv in self.invs)
+        stored = self.probe.invitations  # read with the balances
         for inv in self.invs:
             got = stored[inv.invitation_id].status if inv.invitation_id in stored else None
             if got != inv.status:
@@ -1235,15 +1538,16 @@ class LedgerMachine(RuleBasedStateMachine):
     def _compare_balances(self, mine: dict[str, tuple[str, dict[str, int]]]) -> int:
         """The private accounts hold what the model says, and the wallet shows it; answers all money held."""
         problems: list[str] = []
-        private = {self.pending, self.available, self.payout} | {accounts.escrow(i.invitation_id) for i in self.invs}
+        private = set(self._doctor_accounts())
+        private |= {kind + inv.invitation_id for inv in self.invs for kind in PRIVATE_KINDS}
         for account in sorted(private):
             real, model = self.probe.balances.get(account, 0), self.books.balance(account)
             if real != model:
                 problems.append(f"{account} holds {real} fen, the model says {model}")
-        real = tuple(self.probe.balances[a] for a in (self.pending, self.available, self.payout))
+        real = tuple(self.probe.balances[a] for a in self._doctor_accounts())
         if real != self.wallet_seen:  # the wallet reads these balances: asked again whenever they move
             wallet = _json(http(self.world.api, "GET", "/v1/me/wallet", self.people["doctor"]))
-            shown = (wallet["pending_fen"], wallet["available_fen"], wallet["payout_fen"])
+            shown = (wallet["pending_fen"], wallet["available_fen"], wallet["payout_fen"], -wallet["owed_fen"])
             if shown != real:
                 problems.append(f"the wallet shows {shown}, the ledger holds {real}")
             self.wallet_seen = real
@@ -1338,16 +1642,17 @@ class LedgerMachine(RuleBasedStateMachine):
         problems += [f"{r.refund_no} is still {r.ours}" for r in self.refunds.values() if r.ours != "succeeded"]
         problems += [f"{w.out_bill_no} is still {w.ours}" for w in self.withdrawals.values() if w.ours in OPEN_PAYOUT]
         problems += [
-            f"escrow of {inv} holds {self.probe.balances.get(accounts.escrow(inv.invitation_id), 0)} fen"
+            f"{kind} of {inv} holds {self.probe.balances.get(kind + inv.invitation_id, 0)} fen"
             for inv in self.invs
-            if self.probe.balances.get(accounts.escrow(inv.invitation_id), 0)
+            for kind in PRIVATE_KINDS
+            if self.probe.balances.get(kind + inv.invitation_id, 0)
         ]
         problems += self.probe.deep()
         assert not problems, self._explain("after everything settled", problems)
 
 
 MOVABLE = (AWAITING_PAYMENT, PENDING_RESPONSE, ACCEPTED, COMPLETED, CONFIRMED)
-UNSETTLED = (PENDING_RESPONSE, COMPLETED, DECLINED, EXPIRED, CANCELLED, REFUNDING)
+UNSETTLED = (PENDING_RESPONSE, COMPLETED, DECLINED, EXPIRED, CANCELLED, NOT_DELIVERED, REFUNDING)
 """Statuses a well-behaved provider and the jobs always move on from."""
 
 
@@ -1356,6 +1661,10 @@ UNSETTLED = (PENDING_RESPONSE, COMPLETED, DECLINED, EXPIRED, CANCELLED, REFUNDIN
 
 def _json(response: Any) -> Any:
     return response.json_body if response.body else None
+
+
+def _outcome(response: Any) -> str:
+    return f"{response.status_code} {error_code(response) or ''}".rstrip()
 
 
 def invitation_body(doctor_id: str, hospital_id: str, day: date, at: str) -> dict[str, Any]:
@@ -1384,14 +1693,26 @@ def altered(path: str, body: Any) -> Any:
     return {"note": "the same action, another body"}
 
 
-def statement_rows(api: Any, principal: Principal) -> list[tuple[str, str, str, int]]:
-    """``(transaction, type, direction, amount)`` of every row of the user's statement (all pages)."""
-    rows: list[tuple[str, str, str, int]] = []
+def statement_rows(api: Any, principal: Principal) -> list[Row]:
+    """``(transaction, type, direction, amount, status, balances)`` of every row of the user's statement (all pages).
+
+    ``balances``: the doctor's balances the row moved, by name, without those it moved by nothing."""
+    rows: list[Row] = []
     cursor = None
     while True:
         query = "?limit=100" + (f"&cursor={cursor}" if cursor else "")
         page = _json(http(api, "GET", f"/v1/me/transactions{query}", principal))
-        rows += [(r["transaction_id"], r["type"], r["direction"], r["amount_fen"]) for r in page["items"]]
+        rows += [
+            (
+                r["transaction_id"],
+                r["type"],
+                r["direction"],
+                r["amount_fen"],
+                r["status"],
+                tuple(sorted((name, amount) for name, amount in (r["balances"] or {}).items() if amount)),
+            )
+            for r in page["items"]
+        ]
         cursor = page["next_cursor"]
         if not cursor:
             return rows
