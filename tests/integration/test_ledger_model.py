@@ -157,6 +157,8 @@ PRIVATE_KINDS = ("escrow:", "claim:")
 COMPLAINABLE = (ACCEPTED, COMPLETED, CONFIRMED)
 COMPLAINTS = {"not_delivered": "Nobody came to the theatre", "late": "The anesthesiologist came two hours late"}
 """The two complaint bodies a requester sends (the same one again is answered 200, another 409)."""
+GONE_WRONG = 2
+"""``a_service_goes_wrong`` runs at most this often per example (it is long; Hypothesis sometimes repeats a rule)."""
 DECISIONS = st.sampled_from(("refund", "refund", "confirm", "reject"))
 """The back office's decision: confirmed with a refund (not delivered; the money path, so twice as often),
 confirmed without one, or rejected."""
@@ -393,7 +395,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.member_until: datetime | None = None
         self.membership_slot: str | None = None
         self.replayable: list[Replayable] = []
-        self.withdraw_tries = self.account_tries = 0
+        self.withdraw_tries = self.account_tries = self.gone_wrong = 0
         self.books = Books(doctor_id)
         self.statement_seen = -1
         self.wallet_seen: tuple[int, ...] = ()
@@ -565,6 +567,8 @@ class LedgerMachine(RuleBasedStateMachine):
         SEEN[f"model: a refund sent, the provider answers {mode}"] += 1
         if mode == "processing":
             refund.ours = "processing"
+            if refund.inv.status == NOT_DELIVERED:
+                SEEN["model: a complaint's refund: not_delivered -> refunding"] += 1
             if refund.inv.status in (DECLINED, EXPIRED, CANCELLED, NOT_DELIVERED):
                 refund.inv.status = REFUNDING
         elif mode == "succeed":
@@ -572,6 +576,8 @@ class LedgerMachine(RuleBasedStateMachine):
 
     def _refund_settled(self, refund: Refund) -> None:
         SEEN[f"model: a refund settled ({refund.ours} before)"] += 1
+        if refund.inv.complaint is not None:
+            SEEN[f"model: a complaint's refund: {refund.inv.status} -> refunded ({refund.ours} before)"] += 1
         refund.ours, refund.inv.status = "succeeded", REFUNDED
         inv = refund.inv
         self.books.post(
@@ -1108,10 +1114,14 @@ class LedgerMachine(RuleBasedStateMachine):
     @tracked
     def back_office_decides(self, pick: int, fitting: bool, decision: str, refund: str, again: bool) -> None:
         """Mostly an open complaint; sometimes any invitation's (a decided one: 409; none: 404). ``again``:
-        then confirmed once more (409 ``complaint_decided``, nothing moves)."""
+        a confirmation is sent again with its ``Idempotency-Key`` (the same answer, nothing moves), then any
+        decision is followed by another confirmation (409 ``complaint_decided``, nothing moves)."""
         inv = self._pick(pick, fitting, lambda i: bool(i.complaint and i.complaint.status == "open"))
         if self._decide(inv, decision, refund) and again:
             self._check()
+            if decision != "reject":
+                self._send_again(self.replayable[-1], same=True)
+                self._check()
             self._decide(inv, "refund", refund)
 
     def _decide(self, inv: Inv, decision: str, refund: str) -> bool:
@@ -1168,6 +1178,15 @@ class LedgerMachine(RuleBasedStateMachine):
         back = {accounts.claim(inv.invitation_id): -inv.fee, self._clearing(inv.invitation_id): inv.fee}
         self._start_refund(inv, NOT_DELIVERED, back, inv.fee, refund)
 
+    def _lead_to(self, inv: Inv, stage: str, delivery: str) -> None:
+        """``inv`` along its ordinary path until ``stage`` (from a new invitation: five operations), unless it stops."""
+        for _ in range(6):
+            if inv.status not in MOVABLE or MOVABLE.index(inv.status) >= MOVABLE.index(stage):
+                return
+            was = (inv.status, inv.order_id)
+            if not self._go_on(inv, delivery) or (inv.status, inv.order_id) == was:  # stopped, or refused
+                return
+
     def _may_go_on(self, inv: Inv) -> bool:
         """Whether the ordinary path may still lead ``inv`` on (a payment window or answer deadline not passed)."""
         if inv.status == AWAITING_PAYMENT:
@@ -1179,7 +1198,7 @@ class LedgerMachine(RuleBasedStateMachine):
             return inv.deadline is not None and self.now < inv.deadline and self.booked[inv.day] < CAPACITY
         return True
 
-    def _one_to_go_on(self, pick: int) -> Inv:
+    def _one_to_go_on(self, pick: int) -> Inv | None:
         """An invitation the ordinary path may still lead on, without a complaint: a new one when there is none
         (most of an example's invitations soon wait for a payment whose window has closed)."""
         fresh = [i for i in self.invs if i.status in MOVABLE and i.complaint is None]
@@ -1191,9 +1210,11 @@ class LedgerMachine(RuleBasedStateMachine):
             self.step_name = step
             going = self.invs[count:]
         candidates = going or fresh
-        return candidates[pick % len(candidates)]
+        return candidates[pick % len(candidates)] if candidates else None
 
-    @precondition(lambda self: self._some(lambda i: i.status in MOVABLE and i.complaint is None))
+    @precondition(
+        lambda self: self._some(lambda i: i.status in MOVABLE and i.complaint is None) and self.gone_wrong < GONE_WRONG
+    )
     @rule(
         pick=PICK,
         stage=st.sampled_from((*COMPLAINABLE, CONFIRMED)),  # after release: the most money paths
@@ -1229,13 +1250,10 @@ class LedgerMachine(RuleBasedStateMachine):
         Moving along the ordinary path is what ``an_invitation_moves_on`` checks step by step, and a complaint
         moves no money, so the checks here come only between the money movements that follow (the invariants
         run after the rule as always, and the journal is compared transaction by transaction)."""
+        self.gone_wrong += 1
         inv = self._one_to_go_on(pick)
-        for _ in range(6):
-            if inv.status not in MOVABLE or MOVABLE.index(inv.status) >= MOVABLE.index(stage):
-                break
-            was = (inv.status, inv.order_id)
-            if not self._go_on(inv, delivery) or (inv.status, inv.order_id) == was:  # stopped, or refused
-                break
+        assert inv is not None  # the precondition: there is one
+        self._lead_to(inv, stage, delivery)
         withdrew = cash_out != "keep" and inv.status == CONFIRMED == stage
         if withdrew:
             if "bank_card" not in self.payout_accounts:
@@ -1258,13 +1276,14 @@ class LedgerMachine(RuleBasedStateMachine):
             return
         if cash_out == "withdraw":  # the doctor earns again: another service confirmed, or tipped, repays first
             others = [i for i in self.invs if i is not inv and i.status in (COMPLETED, CONFIRMED)]
-            if others:
-                other = others[pick % len(others)]
-                self._check()
-                if other.status == COMPLETED:
-                    self._confirm(other)
-                else:
-                    self._tip(other, 2_000, delivery)
+            other = others[pick % len(others)] if others else self._one_to_go_on(pick)
+            if other is None:
+                return
+            self._check()
+            if other.status == CONFIRMED:
+                self._tip(other, 2_000, delivery)
+            else:
+                self._lead_to(other, CONFIRMED, delivery)
             return
         if any(w.ours == "requested" for w in self.withdrawals.values()):
             self._check()
@@ -1437,7 +1456,9 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(pick=st.integers(min_value=0, max_value=63), same=st.booleans())
     @tracked
     def client_sends_a_money_post_again(self, pick: int, same: bool) -> None:
-        sent = self.replayable[pick % len(self.replayable)]
+        self._send_again(self.replayable[pick % len(self.replayable)], same)
+
+    def _send_again(self, sent: Replayable, same: bool) -> None:
         body = sent.body if same else altered(sent.path, sent.body)
         response = http(self.world.api, "POST", sent.path, self.people[sent.who], body, key=sent.key)
         what = f"the {sent.who} sends POST {sent.path} again ({'same' if same else 'another'} body)"
