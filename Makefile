@@ -14,7 +14,7 @@ $(DEPS): requirements.txt requirements-dev.txt
 
 ## run: DynamoDB Local (data in .local/), tables, the API on :8000, the event pump. Ctrl-C stops all.
 run: $(DEPS)
-	@exec $(PY) -m devstack.stack run
+	@exec $(PY) -m devstack.stack run $(if $(DOUBLES),--with-doubles)
 
 ## test: lint, then unit, integration and end-to-end tests; stops at the first failure.
 test: lint unit integration e2e

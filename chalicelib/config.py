@@ -64,6 +64,32 @@ class StarRules:
     penalty_days: int = 90
 
 
+CHANNEL_VARIABLES: dict[str, dict[str, tuple[str, str | None]]] = {
+    # channel → setting → (environment variable, default; None: required once the channel is on)
+    "wechat": {
+        "mchid": ("WECHATPAY_MCHID", None),
+        "merchant_serial": ("WECHATPAY_MERCHANT_SERIAL", None),
+        "public_key_id": ("WECHATPAY_PUBLIC_KEY_ID", None),
+        "app_appid": ("WECHATPAY_APP_APPID", ""),
+        "transfer_scene_id": ("WECHATPAY_TRANSFER_SCENE_ID", "1005"),
+        "api_base": ("WECHATPAY_API_BASE", "https://api.mch.weixin.qq.com"),
+    },
+    "alipay": {
+        "app_id": ("ALIPAY_APP_ID", None),
+        "seller_id": ("ALIPAY_SELLER_ID", None),
+        "gateway": ("ALIPAY_GATEWAY", "https://openapi.alipay.com/gateway.do"),
+        "bank_card_product_code": ("ALIPAY_BANKCARD_PRODUCT_CODE", "TRANS_BANKCARD_NO_PWD"),
+    },
+    "unionpay": {
+        "merchant_id": ("UNIONPAY_MERCHANT_ID", None),
+        "gateway": ("UNIONPAY_GATEWAY", "https://gateway.95516.com"),
+    },
+}
+"""A live channel is on when its first variable is set; its keys come from its secret (``payments.channels``)."""
+CHANNEL_URLS = {"wechat": "api_base", "alipay": "gateway", "unionpay": "gateway"}
+PAYEE_KINDS = ("wechat", "alipay", "bank_card")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Typed settings of one stage."""
@@ -97,6 +123,16 @@ class Settings:
     ledger_shards: int = 8
     sandbox_payments: bool = True
     sandbox_callback_url: str = "http://127.0.0.1:8000/v1/payments/callbacks/sandbox"
+    payment_channels: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Live channels configured on this stage (``CHANNEL_VARIABLES``), by channel."""
+    public_api_url: str = "http://127.0.0.1:8000"
+    """Where providers reach our callbacks: ``{public_api_url}/v1/payments/callbacks/{channel}``."""
+    payment_secrets_prefix: str = ""
+    """Deployed stages: the Secrets Manager name of a channel's keys is this prefix plus the channel."""
+    payment_keys_dir: str = ""
+    """Local stage only: a directory of ``<channel>.json`` files holding each channel's keys."""
+    payout_channels: dict[str, str] = field(default_factory=dict)
+    """Which live channel pays each payee kind (bank cards: ``PAYOUT_BANK_CARD_CHANNEL``, Alipay by default)."""
     notifier: str = "log"
     wechat_notice_template_id: str = ""
     tip_bounds_fen: tuple[int, int] = (100, 50_000)
@@ -313,6 +349,53 @@ def _keys(environ: Mapping[str, str], stage: str) -> tuple[str, dict[str, str]]:
     return secrets_name, inline
 
 
+def _payment_channels(environ: Mapping[str, str], stage: str) -> dict[str, dict[str, str]]:
+    """The live channels this stage offers: those whose first variable is set, complete and well-formed."""
+    channels: dict[str, dict[str, str]] = {}
+    for channel, variables in CHANNEL_VARIABLES.items():
+        first = next(iter(variables.values()))[0]
+        if not environ.get(first, "").strip():
+            continue
+        values: dict[str, str] = {}
+        for setting, (name, default) in variables.items():
+            value = environ.get(name, "").strip()
+            values[setting] = value if value else (_required(environ, name) if default is None else default)
+        url = values[CHANNEL_URLS[channel]]
+        if not url.startswith("https://") and not (stage == "local" and url.startswith("http://")):
+            raise ConfigError(f"the {channel} provider address must use https://, got {url!r}")
+        channels[channel] = values
+    return channels
+
+
+def _payout_channels(environ: Mapping[str, str], live: Mapping[str, object]) -> dict[str, str]:
+    """Which live channel pays WeChat change, Alipay accounts and bank cards (only those configured)."""
+    bank_card = environ.get("PAYOUT_BANK_CARD_CHANNEL", "").strip() or "alipay"
+    if bank_card != "alipay":
+        raise ConfigError(f"environment variable PAYOUT_BANK_CARD_CHANNEL must be alipay, got {bank_card!r}")
+    wanted = {"wechat": "wechat", "alipay": "alipay", "bank_card": bank_card}
+    return {kind: channel for kind, channel in wanted.items() if channel in live}
+
+
+def _public_api_url(environ: Mapping[str, str], stage: str, live: Mapping[str, object]) -> str:
+    url = environ.get("PUBLIC_API_URL", "").strip().rstrip("/")
+    if not url:
+        if stage != "local" and live:
+            raise ConfigError("environment variable PUBLIC_API_URL is required when a payment channel is configured")
+        return "http://127.0.0.1:8000"
+    if not url.startswith("https://") and not (stage == "local" and url.startswith("http://")):
+        raise ConfigError(f"environment variable PUBLIC_API_URL must use https://, got {url!r}")
+    return url
+
+
+def _payment_keys(environ: Mapping[str, str], stage: str) -> tuple[str, str]:
+    """Where each live channel's keys live: Secrets Manager (prefix) on deployed stages, files locally."""
+    keys_dir = environ.get("PAYMENT_KEYS_DIR", "").strip()
+    if keys_dir and stage != "local":
+        raise ConfigError("environment variable PAYMENT_KEYS_DIR is refused on deployed stages; use Secrets Manager")
+    prefix = environ.get("PAYMENT_SECRETS_PREFIX", "").strip() or f"anes/{stage}/payments/"
+    return prefix, keys_dir
+
+
 def local_stream_arn(table_name: str) -> str:
     """The stand-in stream ARN of a DynamoDB Local table.
 
@@ -350,6 +433,8 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
     notifier, notice_template = _notifier(environ, stage)
     withdrawal_min = _positive_int(environ, "WITHDRAWAL_MIN_FEN", 1_000)
     withdrawal_limit = _positive_int(environ, "WITHDRAWAL_DAILY_LIMIT_FEN", 2_000_000)
+    channels = _payment_channels(environ, stage)
+    secrets_prefix, keys_dir = _payment_keys(environ, stage)
     if withdrawal_min > withdrawal_limit:
         raise ConfigError("environment variable WITHDRAWAL_MIN_FEN must not exceed WITHDRAWAL_DAILY_LIMIT_FEN")
     return Settings(
@@ -386,6 +471,11 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         sandbox_payments=_sandbox(environ, stage),
         sandbox_callback_url=environ.get("SANDBOX_CALLBACK_URL", "").strip()
         or "http://127.0.0.1:8000/v1/payments/callbacks/sandbox",
+        payment_channels=channels,
+        public_api_url=_public_api_url(environ, stage, channels),
+        payment_secrets_prefix=secrets_prefix,
+        payment_keys_dir=keys_dir,
+        payout_channels=_payout_channels(environ, channels),
         notifier=notifier,
         wechat_notice_template_id=notice_template,
         tip_bounds_fen=_bounds(environ, "TIP", (100, 50_000)),

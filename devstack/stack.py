@@ -123,6 +123,17 @@ def wait_for_api(port: int, group: ProcessGroup, stop: threading.Event, timeout:
     raise StackError(f"the API did not answer on port {port} within {timeout:.0f} s")
 
 
+def _start_doubles(args: argparse.Namespace, env: dict[str, str]) -> dict[str, str]:
+    """WeChat Pay, Alipay and UnionPay doubles in this process, with fresh keys; the API is pointed at them."""
+    from devstack.doubles.loopback import start_doubles
+
+    keys_dir = args.state_dir / "payment-keys"
+    keys_dir.mkdir(parents=True, exist_ok=True)
+    doubles = start_doubles(keys_dir)
+    env.update(doubles.settings(f"http://{HOST}:{args.api_port}"))
+    return doubles.urls()
+
+
 def start_stack(args: argparse.Namespace, group: ProcessGroup, stop: threading.Event) -> None:
     """Start every part; raise StackError or StartupInterruptedError (the caller then stops what started)."""
 
@@ -145,6 +156,7 @@ def start_stack(args: argparse.Namespace, group: ProcessGroup, stop: threading.E
     checkpoint()
     env = local_environment(args.ddb_port)
     env["SANDBOX_CALLBACK_URL"] = sandbox_callback_url(args.api_port)
+    doubles = _start_doubles(args, env) if args.with_doubles else {}
     python = sys.executable
     api = ["-m", "devstack.api_server", "--stage", args.stage, "--host", HOST, "--port", str(args.api_port)]
     group.start("api", [python, *api], env, cwd=str(PROJECT_DIR))
@@ -161,6 +173,7 @@ def start_stack(args: argparse.Namespace, group: ProcessGroup, stop: threading.E
                 f"  API             http://{HOST}:{args.api_port}   (chalice local; GET /health, GET /openapi.json)",
                 f"  DynamoDB Local  http://{HOST}:{args.ddb_port}   ({storage})",
                 f"  event pump      schedules and stream consumers (state in {args.state_dir})",
+                *(f"  {channel:<15} provider double at {url}" for channel, url in doubles.items()),
                 "Press Ctrl-C to stop everything.",
                 "",
             ]
@@ -314,6 +327,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run_parser.add_argument("--in-memory", action="store_true", help="keep DynamoDB Local's data in memory")
     run_parser.add_argument("--state-dir", type=Path, default=LOCAL_DIR / "pump")
     run_parser.add_argument("--install-dir", type=Path, default=LOCAL_DIR / "dynamodb-local")
+    run_parser.add_argument(
+        "--with-doubles", action="store_true", help="also offer wechat, alipay and unionpay, played by local doubles"
+    )
     run_parser.set_defaults(handler=run)
     job_parser = commands.add_parser("job", help="run one scheduled function now")
     job_parser.add_argument("name")

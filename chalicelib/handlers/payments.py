@@ -31,6 +31,7 @@ def open_payment() -> Response:
     from chalicelib.payments import orders
 
     request = parse(bp.current_request.json_body, orders.OrderRequest)
+    orders.PAYER_IP.set((bp.current_request.context.get("identity") or {}).get("sourceIp"))
     return once(bp, "POST /v1/payments", lambda: orders.open_order(current_principal(), request, utc_now()))
 
 

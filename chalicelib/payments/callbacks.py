@@ -68,6 +68,9 @@ def handle(channel: str, headers: Mapping[str, str], body: bytes, now: datetime)
             return _fail(500, "解密失败")
         if rejected.reason in ("malformed_body", "unsupported_algorithm"):
             return _fail(400, "报文格式错误")
+        if rejected.reason == "wrong_merchant":  # signed by the provider, but for another merchant or app
+            logger.error("callback for another merchant", extra={"channel": channel, "detail": rejected.detail})
+            return _fail(400, "商户信息不符")
         return _fail(401, "签名验证失败")
     except MalformedEventError as error:
         logger.error("verified callback without the fields it needs", extra={"channel": channel, "error": str(error)})

@@ -21,6 +21,7 @@ Example
 from __future__ import annotations
 
 import contextlib
+from contextvars import ContextVar
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -48,6 +49,12 @@ NOT_FOUND = ApiError(
 )
 DESCRIPTIONS = {"invitation": "麻醉邀请", "consultation": "麻醉咨询"}
 SCENE_APPS = {"jsapi_oa": "oa", "jsapi_mp": "mp"}
+PAYER_IP: ContextVar[str | None] = ContextVar("payer_ip", default=None)
+"""The address of the request that opens an order, set by the handler (never taken from the body)."""
+REFUSALS = {
+    "scene_unsupported": ("This channel cannot pay in this scene", "该支付方式不支持当前场景"),
+    "payer_openid_required": ("Sign in with WeChat in this app to pay with WeChat Pay", "请先使用微信登录"),
+}
 
 
 class OrderRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -223,10 +230,16 @@ def create_at_provider(provider: Any, order: PaymentOrder, description: str, pri
         order.scene,  # type: ignore[arg-type]
         openid,
         datetime.fromisoformat(order.expires_at),
+        PAYER_IP.get(),
     )
     try:
         intent = provider.create_payment(request)
     except ProviderError as error:
+        if error.code in REFUSALS:
+            english, chinese = REFUSALS[error.code]
+            raise ApiError(
+                422, error.code, english, chinese, {"channel": order.channel, "scene": order.scene}
+            ) from None
         logger.warning(
             "payment order not opened at the provider", extra={"order_id": order.order_id, "code": error.code}
         )

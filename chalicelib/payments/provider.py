@@ -52,6 +52,8 @@ class PaymentRequest:
     scene: Scene
     payer_openid: str | None
     expires_at: datetime
+    payer_ip: str | None = None
+    """The payer's address as API Gateway saw it (WeChat H5 orders must name it)."""
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from chalicelib.models.invitations import Invitation
+    from chalicelib.payments.provider import RefundRequest
 
 QUEUE = "WORK#refund"
 ATTENTION_QUEUE = "WORK#refund_attention"
@@ -90,23 +91,27 @@ def add_refund_order(
 
 def request(refund_no: str, now: datetime) -> RefundOrder | None:
     """Ask the provider to refund (again, with the same number); apply what it answers."""
-    from chalicelib.payments.provider import ProviderError, RefundRequest
+    from chalicelib.payments.provider import ProviderError
     from chalicelib.payments.registry import get_provider
 
     refund = get(refund_no)
     if refund is None or refund.status != "requested":
         return refund
     try:
-        status = get_provider(refund.channel).refund(
-            RefundRequest(
-                refund_no, refund.payment_order_id, int(refund.amount_fen), int(refund.total_fen), refund.reason
-            )
-        )
+        status = get_provider(refund.channel).refund(_request(refund))
     except ProviderError as error:
         _record_failure(refund, f"{error.code}: {error.message}", now, permanent=not error.retryable)
         return get(refund_no)
     apply_state(refund, status.state, status.refund_id, now)
     return get(refund_no)
+
+
+def _request(refund: RefundOrder) -> RefundRequest:
+    from chalicelib.payments.provider import RefundRequest
+
+    return RefundRequest(
+        refund.refund_no, refund.payment_order_id, int(refund.amount_fen), int(refund.total_fen), refund.reason
+    )
 
 
 def send_now(refund_no: str, now: datetime) -> None:
@@ -128,8 +133,16 @@ def follow_up(refund: RefundOrder, now: datetime) -> None:
     if refund.status == "requested":
         request(refund.refund_no, now)
         return
+    provider = get_provider(refund.channel)
     try:
-        status = get_provider(refund.channel).query_refund(refund.refund_no, refund.payment_order_id)
+        try:
+            status = provider.query_refund(refund.refund_no, refund.payment_order_id)
+        except ProviderError as error:
+            if error.code != "refund_not_found":
+                raise
+            # The provider kept no refund under this number (Alipay: fund_change N, nothing recorded):
+            # ask again with the same number, which refunds at most once.
+            status = provider.refund(_request(refund))
     except ProviderError as error:
         _record_failure(refund, f"{error.code}: {error.message}", now, permanent=False)
         return
@@ -198,6 +211,7 @@ def _processing(refund: RefundOrder, provider_ref: str | None, now: datetime) ->
     refund_actions = [
         RefundOrder.status.set("processing"),
         RefundOrder.attempts.set(attempts),
+        RefundOrder.needs_attention.set(attempts >= ATTENTION_AFTER * 3),  # still not final after hours
         RefundOrder.updated_at.set(iso(now)),
         RefundOrder.due_at.set(iso(now + backoff(attempts - 1))),
     ]

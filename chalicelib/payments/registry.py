@@ -1,7 +1,8 @@
 """Which payment channels this stage offers, and their ``Provider`` adapters (created on first use).
 
-Only the sandbox is wired so far; WeChat Pay, Alipay and UnionPay adapters plug in here
-behind the same interface.
+A live channel (WeChat Pay, Alipay, UnionPay) is offered when its merchant settings are
+configured (``payments.channels``); the sandbox where ``SANDBOX_PAYMENTS`` allows it (never on
+prod). A channel that is not configured is simply not offered: 422 ``channel_unavailable``.
 
 Example
 -------
@@ -25,7 +26,9 @@ _providers: dict[str, Provider] = {}
 
 def available_channels() -> list[str]:
     """The channels a payer may choose on this stage."""
-    return ["sandbox"] if get_settings().sandbox_payments else []
+    settings = get_settings()
+    live = [channel for channel in CHANNELS if channel in settings.payment_channels]
+    return live + (["sandbox"] if settings.sandbox_payments else [])
 
 
 def get_provider(channel: str) -> Provider:
@@ -39,18 +42,27 @@ def get_provider(channel: str) -> Provider:
             {"channel": channel, "available": available_channels()},
         )
     if channel not in _providers:
-        from chalicelib.payments.sandbox import SandboxProvider
+        if channel == "sandbox":
+            from chalicelib.payments.sandbox import SandboxProvider
 
-        _providers[channel] = SandboxProvider()
+            _providers[channel] = SandboxProvider()
+        else:
+            from chalicelib.payments.channels import build
+
+            _providers[channel] = build(channel)
     return _providers[channel]
 
 
 def payout_channel(payee_kind: str) -> str:
     """The channel that pays a payee of ``payee_kind``; 422 ``payout_unavailable`` when none here does.
 
-    The sandbox plays every kind (WeChat change, Alipay, bank card) where it is on.
+    A live channel pays the kinds it can (WeChat change: WeChat Pay; Alipay accounts and bank
+    cards: Alipay); the sandbox plays every kind where it is on and no live channel does.
     """
-    if get_settings().sandbox_payments:
+    settings = get_settings()
+    if payee_kind in settings.payout_channels:
+        return settings.payout_channels[payee_kind]
+    if settings.sandbox_payments:
         return "sandbox"
     raise ApiError(
         422,

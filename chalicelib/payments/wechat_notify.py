@@ -107,6 +107,7 @@ Reason = Literal[
     "malformed_body",
     "unsupported_algorithm",
     "decryption_failed",
+    "wrong_merchant",
 ]
 REASONS: Final[frozenset[str]] = frozenset(Reason.__args__)  # type: ignore[attr-defined]
 

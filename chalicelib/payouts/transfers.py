@@ -53,7 +53,7 @@ from chalicelib.payouts.withdrawals import FINAL, QUEUE, get, payee_of
 if TYPE_CHECKING:
     from datetime import datetime
 
-    from chalicelib.payments.provider import PayoutStatus, ProviderEvent
+    from chalicelib.payments.provider import PayoutRequest, PayoutStatus, ProviderError, ProviderEvent
 
 OPEN = ("requested", "processing", "wait_user_confirm")
 BACKOFF_SECONDS = (60, 300, 600, 1800, 3600)
@@ -92,8 +92,13 @@ def follow_up(order: PayoutOrder, now: datetime) -> str:
         return "duplicate"
     if current.status == "requested" and int(current.attempts) == 0:
         return _send(current, now)
+    provider = get_provider(current.channel)
     try:
-        status = get_provider(current.channel).query_payout(current.out_bill_no)
+        status = provider.query_payout(current.out_bill_no)
+        if status.state == "wait_user_confirm" and not (status.package_info or current.package_info):
+            # A transfer query carries no package_info; the first answer was lost. The same bill
+            # asked again with the same number answers it (the provider pays once).
+            status = provider.payout(_request(current))
     except ProviderError as error:
         if error.code == "payout_not_found" and current.status == "requested":
             return _send(current, now)  # the unknown call never reached the provider: send it, same number
@@ -103,9 +108,15 @@ def follow_up(order: PayoutOrder, now: datetime) -> str:
     return apply_status(current, status, now)
 
 
+def _request(order: PayoutOrder) -> PayoutRequest:
+    from chalicelib.payments.provider import PayoutRequest
+
+    return PayoutRequest(order.out_bill_no, int(order.amount_fen), order.payee_kind, payee_of(order), REMARK)  # type: ignore[arg-type]
+
+
 def _send(order: PayoutOrder, now: datetime) -> str:
     """Claim the next call (``attempts + 1``, conditionally), then call ``payout`` with the stored number."""
-    from chalicelib.payments.provider import PayoutRequest, ProviderError
+    from chalicelib.payments.provider import ProviderError
     from chalicelib.payments.registry import get_provider
 
     attempts = int(order.attempts) + 1
@@ -120,15 +131,32 @@ def _send(order: PayoutOrder, now: datetime) -> str:
         )
     except UpdateError:  # another run claimed this call
         return "duplicate"
-    request = PayoutRequest(order.out_bill_no, int(order.amount_fen), order.payee_kind, payee_of(order), REMARK)  # type: ignore[arg-type]
     try:
-        status = get_provider(order.channel).payout(request)
+        status = get_provider(order.channel).payout(_request(order))
     except ProviderError as error:
         if error.retryable:  # the outcome is unknown: the next step queries before any resend
             return _record_failure(order, f"{error.code}: {error.message}", now)
+        return _refused(order, error, now)
+    logger.info("payout sent", extra={"out_bill_no": order.out_bill_no, "attempts": attempts, "state": status.state})
+    return apply_status(order, status, now)
+
+
+def _refused(order: PayoutOrder, error: ProviderError, now: datetime) -> str:
+    """A refused transfer gives the money back only once the provider holds none under this number.
+
+    A resend after a lost answer may be refused (a code we do not know, "already processing")
+    while the first transfer goes on and pays: returning the money then would pay it twice.
+    """
+    from chalicelib.payments.provider import ProviderError
+    from chalicelib.payments.registry import get_provider
+
+    try:
+        status = get_provider(order.channel).query_payout(order.out_bill_no)
+    except ProviderError as query_error:
+        if query_error.code != "payout_not_found":  # cannot tell: ask again later, never fail blind
+            return _record_failure(order, f"{error.code}: {error.message}", now)
         logger.warning("payout refused", extra={"out_bill_no": order.out_bill_no, "code": error.code})
         return _end(order, "failed", error.code, None, now, ())
-    logger.info("payout sent", extra={"out_bill_no": order.out_bill_no, "attempts": attempts, "state": status.state})
     return apply_status(order, status, now)
 
 

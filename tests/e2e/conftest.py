@@ -25,6 +25,8 @@ from devstack.stack import local_environment
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from devstack.doubles.loopback import Doubles
+
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 
 
@@ -50,9 +52,11 @@ class Stack:
         )
 
 
-def start_stack(tmp: Path, *extra: str, speedup: str = "60", settings: dict[str, str] | None = None) -> Stack:
+def start_stack(
+    tmp: Path, *extra: str, speedup: str = "60", settings: dict[str, str] | None = None, api_port: int = 0
+) -> Stack:
     """Start the launcher (with ``settings`` as extra environment); return once ``GET /health`` answers 200."""
-    api_port, ddb_port = free_port(), free_port()
+    api_port, ddb_port = api_port or free_port(), free_port()
     log_path = tmp / "stack.log"
     env = {**os.environ, "SCHEDULE_SPEEDUP": speedup, "PYTHONUNBUFFERED": "1", **(settings or {})}
     argv = [sys.executable, "-m", "devstack.stack", "--ddb-port", str(ddb_port), "run", "--api-port", str(api_port)]
@@ -98,10 +102,27 @@ def api(stack: Stack) -> str:
 
 
 @pytest.fixture(scope="session")
-def flow_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """A stack for the money flows: no answer margin and a one-minute payment window (invitations minutes ahead)."""
+def channel_doubles(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Doubles]:
+    """WeChat Pay, Alipay and UnionPay doubles on loopback ports.
+
+    Each generates its merchant's keys offline; ``flow_stack`` is configured with them, so the
+    stack runs the production adapters against the doubles (``PAYMENT_KEYS_DIR`` holds our keys).
+    """
+    from devstack.doubles.loopback import start_doubles
+
+    doubles = start_doubles(tmp_path_factory.mktemp("payment-keys"))
+    yield doubles
+    doubles.stop()
+
+
+@pytest.fixture(scope="session")
+def flow_stack(tmp_path_factory: pytest.TempPathFactory, channel_doubles: Doubles) -> Iterator[Stack]:
+    """A stack for the money flows: no answer margin and a one-minute payment window (invitations minutes
+    ahead); the sandbox and the three live channels, each live one against its double."""
+    api_port = free_port()
     settings = {"PAYMENT_WINDOW_MINUTES": "1", "RESPONSE_MARGIN_HOURS": "0"}
-    running = start_stack(tmp_path_factory.mktemp("flow-stack"), "--in-memory", settings=settings)
+    settings.update(channel_doubles.settings(f"http://127.0.0.1:{api_port}"))
+    running = start_stack(tmp_path_factory.mktemp("flow-stack"), "--in-memory", settings=settings, api_port=api_port)
     yield running
     stop_stack(running)
 

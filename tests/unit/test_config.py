@@ -56,6 +56,7 @@ def test_local_settings_carry_the_prefix_and_derive_the_stream_arn() -> None:
         schedule_speedup=1.0,
         frontend_url="http://127.0.0.1:5173",
         inline_keys={"JWT_SIGNING_KEY": KEY, "PII_ENCRYPTION_KEY": KEY, "LOOKUP_HASH_KEY": KEY},
+        payment_secrets_prefix="anes/local/payments/",
     )
     assert settings.users_table == "anes-test-users"
     assert settings.invitations_table == "anes-test-invitations"

@@ -9,6 +9,7 @@ account to ``doctor:available``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -75,6 +76,14 @@ class FakePayouts:
     requests: list[PayoutRequest] = field(default_factory=list)
     calls: list[tuple[str, str]] = field(default_factory=list)
     query_error: ProviderError | None = None
+    lose_next_answer: bool = False
+    """The next accepted transfer's answer is lost on the way back (a retryable error)."""
+    package_in_query: bool = True
+    """False as on WeChat: a transfer query does not carry ``package_info``."""
+    refuse_resends: bool = False
+    """A transfer asked again is refused with a code we do not know (the first one goes on)."""
+    not_visible_once: bool = False
+    """The next query does not see the transfer yet (``payout_not_found``)."""
 
     def payout(self, request: PayoutRequest) -> PayoutStatus:
         self.calls.append(("payout", request.out_bill_no))
@@ -84,6 +93,8 @@ class FakePayouts:
         if self.mode == "refuse":
             raise ProviderError("invalid_payee", "the payee account is not valid", retryable=False)
         existing = self.transfers.get(request.out_bill_no)
+        if existing is not None and self.refuse_resends:
+            raise ProviderError("invalid_request", "the number is already in use", retryable=False)
         if existing is None:
             state = "processing" if self.mode in ("lost", "crash") else self.mode
             package = f"pkg-{request.out_bill_no}" if state == "wait_user_confirm" else None
@@ -95,7 +106,8 @@ class FakePayouts:
                 package,  # type: ignore[arg-type]
             )
             self.transfers[request.out_bill_no] = existing
-        if self.mode == "lost":
+        if self.mode == "lost" or self.lose_next_answer:
+            self.lose_next_answer = False
             raise ProviderError("SYSTEM_ERROR", "the answer was lost", retryable=True)
         if self.mode == "crash":
             raise RuntimeError("the Lambda died mid-call")
@@ -105,9 +117,13 @@ class FakePayouts:
         self.calls.append(("query", out_bill_no))
         if self.query_error is not None:
             raise self.query_error
+        if self.not_visible_once:
+            self.not_visible_once = False
+            raise ProviderError("payout_not_found", "not visible yet", retryable=False)
         if out_bill_no not in self.transfers:
             raise ProviderError("payout_not_found", "no such transfer", retryable=False)
-        return self.transfers[out_bill_no]
+        found = self.transfers[out_bill_no]
+        return found if self.package_in_query else dataclasses.replace(found, package_info=None)
 
     def cancel_payout(self, out_bill_no: str) -> PayoutStatus:
         self.calls.append(("cancel", out_bill_no))
@@ -720,6 +736,43 @@ def test_a_transfer_waiting_for_the_doctor_shows_package_info_then_expires_and_r
     assert (shown["status"], shown["package_info"], shown["fail_reason"]) == ("failed", None, "OVERDUE_CLOSE")
     assert shown["fail_message"].startswith("It was not confirmed in WeChat within 24 hours.")
     assert wallet(doctor.user_id)["available_fen"] == 100_000
+
+
+def test_a_lost_answer_to_a_transfer_waiting_for_the_doctor_is_asked_again_for_its_package(
+    provider: FakePayouts,
+) -> None:
+    # GIVEN a WeChat transfer accepted by the provider whose answer (with package_info) was lost
+    doctor = make_doctor(openids={MP_APP_ID: "o-mp-doctor"})
+    fund(doctor, 100_000)
+    _, account = accounts.register(doctor, WeChatPayee("mp"), NOW)
+    number = withdraw(doctor, account["account_id"], 40_000)["withdrawal_id"]
+    provider.mode, provider.lose_next_answer, provider.package_in_query = "wait_user_confirm", True, False
+    assert step(number, NOW) == "retry"
+
+    # WHEN the job queries it: waiting for the doctor, but a query carries no package
+    assert step(number, NOW + timedelta(minutes=1)) == "waiting"
+
+    # THEN the same bill was asked again (same number, paid once) and the doctor can confirm it
+    assert provider.calls == [("payout", number), ("query", number), ("payout", number)]
+    assert len(provider.transfers) == 1
+    shown = withdrawals.list_own(doctor, 20, None)["items"][0]
+    assert (shown["status"], shown["package_info"]) == ("wait_user_confirm", f"pkg-{number}")
+
+
+def test_a_refused_resend_of_a_transfer_that_exists_does_not_give_the_money_back(provider: FakePayouts) -> None:
+    # GIVEN a transfer accepted whose answer was lost, not yet visible to the next query
+    doctor, number = funded_withdrawal(50_000)
+    provider.lose_next_answer = True
+    assert step(number, NOW) == "retry"
+    provider.not_visible_once, provider.refuse_resends = True, True
+
+    # WHEN the job resends it with the same number and the provider refuses the resend
+    assert step(number, NOW + timedelta(minutes=1)) == "waiting"
+
+    # THEN the refusal was checked with a query: the first transfer goes on, the money stays out
+    assert provider.calls == [("payout", number), ("query", number), ("payout", number), ("query", number)]
+    assert order(number).status == "processing"
+    assert wallet(doctor.user_id)["payout_fen"] == 50_000
 
 
 def test_a_refused_payee_fails_the_payout_and_returns_the_money(provider: FakePayouts) -> None:
