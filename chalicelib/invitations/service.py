@@ -584,7 +584,7 @@ def _withdraw_unpaid(invitation: Invitation, principal: Principal, reason: str, 
                     "该邀请的付款正在处理中，请稍后刷新",
                 ) from None
         batch.update(
-            "order", order, actions=orders.close_actions(now), condition=orders.PaymentOrder.status == "pending"
+            "order", order, actions=orders.close_actions(order, now), condition=orders.PaymentOrder.status == "pending"
         )
     return engine.fire(
         invitation,

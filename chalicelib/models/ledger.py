@@ -129,6 +129,10 @@ class PaymentOrder(LedgerTable, discriminator="payment_order"):
     status = UnicodeAttribute()
     expires_at = UnicodeAttribute()
     client_params = MapAttribute(null=True)
+    client_params_at = UnicodeAttribute(null=True)
+    """When the provider gave ``client_params`` (some expire before the window: ``orders.CLIENT_PARAMS_SECONDS``)."""
+    payer_ip = UnicodeAttribute(null=True)
+    """The payer's address the order was first opened with; asking again repeats it (WeChat H5)."""
     provider_ref = UnicodeAttribute(null=True)
     paid_at = UnicodeAttribute(null=True)
     closed_at = UnicodeAttribute(null=True)

@@ -44,6 +44,10 @@ if TYPE_CHECKING:
 
 QUEUE = "WORK#payment"
 POLL_SECONDS = (60, 120, 300, 600)
+LATE_CHECK = timedelta(minutes=15)
+"""A closed order is queried once more this long after its payment window ended (``close_actions``)."""
+LATE_CHECKS = 4
+"""A closed order the provider still reports in progress is asked again at most this many times."""
 NOT_FOUND = ApiError(
     404, "payment_order_not_found", "No payment order with this id is yours to see", "找不到该支付订单"
 )
@@ -51,6 +55,16 @@ DESCRIPTIONS = {"invitation": "麻醉邀请", "consultation": "麻醉咨询"}
 SCENE_APPS = {"jsapi_oa": "oa", "jsapi_mp": "mp"}
 PAYER_IP: ContextVar[str | None] = ContextVar("payer_ip", default=None)
 """The address of the request that opens an order, set by the handler (never taken from the body)."""
+CLIENT_PARAMS_SECONDS = {("wechat", "h5"): 240, ("alipay", "h5"): 600, ("alipay", "app"): 600}
+"""How long what the front end needs to pay stays usable, where shorter than the payment window
+(WeChat's ``h5_url`` lives 5 minutes; Alipay refuses a signed order whose timestamp is old).
+Asking for the order again gives fresh ones for the same order number."""
+SCENES = {
+    "wechat": ("jsapi_oa", "jsapi_mp", "h5", "app"),
+    "alipay": ("h5", "app"),  # Alipay cannot be opened inside WeChat
+    "unionpay": ("h5", "app"),
+    "sandbox": ("jsapi_oa", "jsapi_mp", "h5", "app"),
+}
 REFUSALS = {
     "scene_unsupported": ("This channel cannot pay in this scene", "该支付方式不支持当前场景"),
     "payer_openid_required": ("Sign in with WeChat in this app to pay with WeChat Pay", "请先使用微信登录"),
@@ -118,6 +132,7 @@ def open_order(principal: Principal, request: OrderRequest, now: datetime) -> tu
     from chalicelib.payments.registry import get_provider
 
     provider = get_provider(request.channel)
+    check_payable(principal, request.channel, request.scene)
     if request.purpose != "invitation":
         from chalicelib.payments import purchases
 
@@ -151,9 +166,9 @@ def open_order(principal: Principal, request: OrderRequest, now: datetime) -> tu
             {"expired_at": iso(expires_at)},
         )
     order, created = _order_for(invitation, request, expires_at, now)
-    if order.client_params is None:
+    if needs_client_params(order, now):
         description = DESCRIPTIONS.get(invitation.kind, DESCRIPTIONS["invitation"])
-        order = create_at_provider(provider, order, description, principal)
+        order = create_at_provider(provider, order, description, principal, now)
     return (201 if created else 200), view(order, principal)
 
 
@@ -212,17 +227,51 @@ def _order_for(
     return order, True
 
 
-def create_at_provider(provider: Any, order: PaymentOrder, description: str, principal: Principal) -> PaymentOrder:
-    """Open ``order`` (already stored) at the provider and keep what the front end needs to pay."""
+def _refusal(code: str, channel: str, scene: str) -> ApiError:
+    english, chinese = REFUSALS[code]
+    return ApiError(422, code, english, chinese, {"channel": channel, "scene": scene})
+
+
+def _payer_openid(principal: Principal, scene: str) -> str | None:
+    """The payer's openid in the WeChat app of a JSAPI ``scene`` (as sign-in keeps them, by app id)."""
+    from chalicelib.accounts.profiles import load_account
+
+    openids = load_account(principal.user_id).wechat_openids
+    app_id = get_settings().wechat_app_ids[SCENE_APPS[scene]]
+    return (openids.as_dict() if openids else {}).get(app_id)
+
+
+def check_payable(principal: Principal, channel: str, scene: str) -> None:
+    """Refuse, before any order is stored, what the channel cannot take: a scene it has no payment
+    for, a WeChat JSAPI payer who never signed in with WeChat in that app."""
+    wechat_app = channel == "wechat" and scene == "app" and not get_settings().payment_channels["wechat"]["app_appid"]
+    if scene not in SCENES[channel] or wechat_app:
+        raise _refusal("scene_unsupported", channel, scene)
+    if channel == "wechat" and scene in SCENE_APPS and not _payer_openid(principal, scene):
+        raise _refusal("payer_openid_required", channel, scene)
+
+
+def needs_client_params(order: PaymentOrder, now: datetime) -> bool:
+    """A pending order without what the front end needs to pay, or with parameters the provider no longer takes."""
+    if order.status != "pending":
+        return False
+    if order.client_params is None:
+        return True
+    lifetime = CLIENT_PARAMS_SECONDS.get((order.channel, order.scene))
+    if lifetime is None:
+        return False
+    given = datetime.fromisoformat(order.client_params_at) if order.client_params_at else None
+    return given is None or now - given >= timedelta(seconds=lifetime)
+
+
+def create_at_provider(
+    provider: Any, order: PaymentOrder, description: str, principal: Principal, now: datetime
+) -> PaymentOrder:
+    """Open ``order`` (already stored) at the provider, or again for fresh parameters, and keep what the
+    front end needs to pay. The request repeats the first one (same number, amount and payer address)."""
     from chalicelib.payments.provider import PaymentRequest, ProviderError
 
-    openid = None
-    if order.scene in SCENE_APPS:
-        from chalicelib.accounts.profiles import load_account
-
-        openids = load_account(principal.user_id).wechat_openids  # by app id, as sign-in keeps them
-        app_id = get_settings().wechat_app_ids[SCENE_APPS[order.scene]]
-        openid = (openids.as_dict() if openids else {}).get(app_id)
+    openid = _payer_openid(principal, order.scene) if order.scene in SCENE_APPS else None
     request = PaymentRequest(
         order.order_id,
         int(order.amount_fen),
@@ -230,16 +279,13 @@ def create_at_provider(provider: Any, order: PaymentOrder, description: str, pri
         order.scene,  # type: ignore[arg-type]
         openid,
         datetime.fromisoformat(order.expires_at),
-        PAYER_IP.get(),
+        order.payer_ip or PAYER_IP.get(),
     )
     try:
         intent = provider.create_payment(request)
     except ProviderError as error:
-        if error.code in REFUSALS:
-            english, chinese = REFUSALS[error.code]
-            raise ApiError(
-                422, error.code, english, chinese, {"channel": order.channel, "scene": order.scene}
-            ) from None
+        if error.code in REFUSALS:  # checked before the order was stored; the provider may still say so
+            raise _refusal(error.code, order.channel, order.scene) from None
         logger.warning(
             "payment order not opened at the provider", extra={"order_id": order.order_id, "code": error.code}
         )
@@ -254,21 +300,28 @@ def create_at_provider(provider: Any, order: PaymentOrder, description: str, pri
         order.update(
             actions=[
                 PaymentOrder.client_params.set(intent.client_params),
+                PaymentOrder.client_params_at.set(iso(now)),
                 PaymentOrder.provider_ref.set(intent.provider_ref),
+                *([PaymentOrder.payer_ip.set(request.payer_ip)] if request.payer_ip and not order.payer_ip else []),
             ],
             condition=PaymentOrder.status == "pending",
         )
     return get(order.order_id) or order
 
 
-def close_actions(now: datetime) -> list[Any]:
-    """The update that closes a pending order (conditional on ``status == pending`` by the caller)."""
+def close_actions(order: PaymentOrder, now: datetime) -> list[Any]:
+    """The update that closes a pending order (conditional on ``status == pending`` by the caller).
+
+    The order stays in the queue for one last query ``LATE_CHECK`` after its payment window:
+    Alipay and UnionPay cannot take back an order the payer already holds, so a payment may
+    still land after our close, and its notifications may all be lost.
+    """
+    last = max(datetime.fromisoformat(order.expires_at), now) + LATE_CHECK
     return [
         PaymentOrder.status.set("closed"),
         PaymentOrder.closed_at.set(iso(now)),
         PaymentOrder.updated_at.set(iso(now)),
-        PaymentOrder.work_queue.remove(),
-        PaymentOrder.due_at.remove(),
+        PaymentOrder.due_at.set(iso(last)),
     ]
 
 
@@ -278,7 +331,7 @@ def close(order: PaymentOrder, now: datetime) -> str:
     An invitation order closes the unpaid invitation; a tip or membership order frees its slot.
     """
     batch = Batch()
-    batch.update("order", order, actions=close_actions(now), condition=PaymentOrder.status == "pending")
+    batch.update("order", order, actions=close_actions(order, now), condition=PaymentOrder.status == "pending")
     try:
         if order.purpose != "invitation":
             free_slot(batch, order)
@@ -313,11 +366,14 @@ def free_slot(batch: Batch, order: PaymentOrder) -> None:
 
 
 def follow_up(order: PaymentOrder, now: datetime) -> str:
-    """One step of the follow-up job for a pending order: query; apply; close when its window ended."""
+    """One step of the follow-up job for a pending order (query; apply; close when its window ended),
+    or the last check of a closed one."""
     from chalicelib.payments import settlement
     from chalicelib.payments.provider import ProviderError
     from chalicelib.payments.registry import get_provider
 
+    if order.status == "closed":
+        return _last_check(order, now)
     provider = get_provider(order.channel)
     expired = now >= datetime.fromisoformat(order.expires_at)
     try:
@@ -344,6 +400,41 @@ def follow_up(order: PaymentOrder, now: datetime) -> str:
             if error.retryable:
                 return _reschedule(order, now)
     return close(order, now)
+
+
+def _last_check(order: PaymentOrder, now: datetime) -> str:
+    """A closed order's last query: a payment that landed anyway is applied (an invitation's is refunded,
+    a tip or membership honoured, by ``settlement``); otherwise the order leaves the queue. While the
+    provider cannot tell (an error, a payment in progress) it asks again, up to ``LATE_CHECKS`` times."""
+    from chalicelib.payments import settlement
+    from chalicelib.payments.provider import PaymentStatus, ProviderError
+    from chalicelib.payments.registry import get_provider
+
+    try:
+        status = get_provider(order.channel).query_payment(order.order_id)
+    except ProviderError as error:  # never seen by the provider: nothing can land; else: cannot tell yet
+        status = PaymentStatus(order.order_id, "pending") if error.retryable else None
+    if status is not None and status.state == "succeeded":
+        logger.warning("payment landed after the order closed", extra={"order_id": order.order_id})
+        return settlement.apply_payment(
+            settlement.Outcome(order.order_id, "succeeded", status.transaction_id, status.amount_fen, status.currency),
+            now,
+        )
+    unsure = status is not None and status.state == "pending"
+    again = unsure and now < datetime.fromisoformat(order.expires_at) + LATE_CHECK * LATE_CHECKS
+    if unsure and not again:
+        logger.error("closed order still unsettled at the provider", extra={"order_id": order.order_id})
+    actions = (
+        [PaymentOrder.due_at.set(iso(now + LATE_CHECK))]
+        if again
+        else [PaymentOrder.work_queue.remove(), PaymentOrder.due_at.remove()]
+    )
+    try:
+        unchanged = (PaymentOrder.status == "closed") & (PaymentOrder.due_at == order.due_at)
+        order.update(actions=actions, condition=unchanged)
+    except UpdateError:  # paid or checked by another run meanwhile
+        return "duplicate"
+    return "waiting" if again else "done"
 
 
 def follow_up_paid(order: PaymentOrder, now: datetime) -> str:

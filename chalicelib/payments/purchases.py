@@ -61,12 +61,12 @@ def open_order(
         existing = _open_order_in(slot_key)
         if existing is not None:
             if _same(existing, request, amount, now):
-                return 200, _ready(provider, existing, principal)
+                return 200, _ready(provider, existing, principal, now)
             _retire(existing, now)
             continue
         order = _new_order(principal, request, slot_key, amount, now, beneficiary=beneficiary, days=days)
         if order is not None:
-            return 201, _ready(provider, order, principal)
+            return 201, _ready(provider, order, principal, now)
     raise busy()
 
 
@@ -212,7 +212,7 @@ def _new_order(
     return order
 
 
-def _ready(provider: Provider, order: PaymentOrder, principal: Principal) -> dict[str, Any]:
-    if order.client_params is None and order.status == "pending":
-        order = orders.create_at_provider(provider, order, DESCRIPTIONS[order.purpose], principal)
+def _ready(provider: Provider, order: PaymentOrder, principal: Principal, now: datetime) -> dict[str, Any]:
+    if orders.needs_client_params(order, now):
+        order = orders.create_at_provider(provider, order, DESCRIPTIONS[order.purpose], principal, now)
     return orders.view(order, principal)

@@ -23,6 +23,7 @@ from chalicelib.clock import utc_now
 from chalicelib.invitations import deadlines, service
 from chalicelib.models.ledger import PaymentOrder, ProviderSeen, QuarantinedEvent
 from chalicelib.payments import callbacks, orders, settlement
+from chalicelib.payments.provider import ProviderError
 from chalicelib.payments.settlement import seen_key
 from tests.integration.flow_helpers import (
     FEE_FEN,
@@ -389,6 +390,51 @@ def test_a_payment_after_the_invitation_closed_is_refunded_by_the_original_path(
     assert_refunded_once(closed, provider)
 
 
+def _closed_unpaid(admin: Principal) -> tuple[Ordered, datetime]:
+    """An invitation nobody paid within its window, closed by the follow-up job; and when it was made."""
+    drain_jobs()
+    closed = ordered_invitation(make_people(admin))
+    now = utc_now()
+    assert orders.follow_up(order(closed.order_id), later(now, minutes=31)) == "applied"
+    assert order(closed.order_id).work_queue == orders.QUEUE  # kept for one last check
+    return closed, now
+
+
+def test_a_payment_that_lands_after_the_close_with_every_callback_lost_is_found_and_refunded(
+    admin: Principal, provider: FakeProvider
+) -> None:
+    # GIVEN an invitation nobody paid within its window, closed by the follow-up job
+    closed, now = _closed_unpaid(admin)
+
+    # WHEN the payer pays anyway (a signed order the provider could not take back) and no callback comes
+    provider.mark_paid(closed.order_id, FEE_FEN, "4200000000000000000000000001")
+    assert closed.order_id not in [due.order_id for due in orders.due(later(now, minutes=40), 100)]
+
+    # THEN the last check after the window finds the payment and refunds it by the original path
+    last_check = later(now, minutes=31) + orders.LATE_CHECK
+    assert closed.order_id in [due.order_id for due in orders.due(last_check, 100)]
+    assert orders.follow_up(order(closed.order_id), last_check) == "applied"
+    assert transitions(closed.invitation_id)[:3] == ["create", "lapse_unpaid", "pay_after_closing"]
+    assert the_refund(closed.invitation_id).status == "succeeded"
+    assert_refunded_once(closed, provider)
+    assert order(closed.order_id).work_queue is None
+
+
+def test_a_closed_order_nobody_paid_leaves_the_queue_after_its_last_check(
+    admin: Principal, provider: FakeProvider
+) -> None:
+    closed, now = _closed_unpaid(admin)
+
+    # WHEN the last check finds the order closed at the provider
+    last_check = later(now, minutes=31) + orders.LATE_CHECK
+    assert orders.follow_up(order(closed.order_id), last_check) == "done"
+
+    # THEN it leaves the queue and nothing moved
+    assert (order(closed.order_id).status, order(closed.order_id).work_queue) == ("closed", None)
+    assert closed.order_id not in [due.order_id for due in orders.due(later(last_check, days=1), 100)]
+    assert set(postings_of(closed.invitation_id)) == set()
+
+
 # --- refund callbacks ---------------------------------------------------------------------------
 
 
@@ -415,6 +461,36 @@ def test_a_refund_callback_settles_a_processing_refund_once(api: Any, people: Pe
     # AND the follow-up job has nothing left to do for it
     deadlines.follow_up_refunds(later(utc_now(), hours=1))
     assert_refunded_once(paid, provider)
+
+
+def test_a_processing_refund_the_provider_never_kept_is_sent_again_with_the_same_number(
+    people: People, provider: FakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a declined invitation whose refund was accepted "processing", then lost by the provider
+    # (Alipay answers fund_change N and keeps nothing under the number)
+    paid = paid_invitation(people)
+    provider.refund_mode = "processing"
+    service.decline(people.doctor, paid.invitation_id, "On leave that week", utc_now())
+    refund = the_refund(paid.invitation_id)
+    assert refund.status == "processing"
+    provider.refund_states.clear()
+    original = provider.query_refund
+
+    def not_kept(out_refund_no: str, out_trade_no: str) -> Any:
+        if out_refund_no not in provider.refund_states:
+            raise ProviderError("refund_not_found", "no such refund", retryable=False)
+        return original(out_refund_no, out_trade_no)
+
+    monkeypatch.setattr(provider, "query_refund", not_kept)
+    provider.refund_mode = "succeed"
+
+    # WHEN the follow-up job looks at it
+    deadlines.follow_up_refunds(later(utc_now(), hours=1))
+
+    # THEN it was asked again with the same number and amount, and the payer is refunded once
+    assert [request.out_refund_no for request in provider.refunds_of(refund.refund_no)] == [refund.refund_no] * 2
+    assert the_refund(paid.invitation_id).status == "succeeded"
+    assert_refunded_once(paid, provider, calls=2)
 
 
 def test_a_refund_callback_for_a_refund_that_is_not_ours_is_quarantined(api: Any, provider: FakeProvider) -> None:

@@ -1091,7 +1091,7 @@ def test_a_jsapi_payment_is_opened_for_the_payers_own_openid(aws: None) -> None:
     order.expires_at = iso(NOW + timedelta(minutes=30))
 
     # WHEN the order is opened at the provider for the mini program
-    orders.create_at_provider(Recorder(), order, "invitation", payer)
+    orders.create_at_provider(Recorder(), order, "invitation", payer, NOW)
 
     # THEN WeChat Pay is told who pays (JSAPI requires the payer's openid of that app)
     assert seen[0].payer_openid == "o-payer-mp"
