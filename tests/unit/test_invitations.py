@@ -818,7 +818,7 @@ def test_another_scene_or_channel_finds_the_order_open(
     # GIVEN a stage that also offers WeChat Pay
     monkeypatch.setattr(registry, "available_channels", lambda: ["sandbox", "wechat"])
     with installed(FakeProvider(channel="wechat")) as wechat:
-        body = payment_body(created["invitation_id"], channel="wechat")
+        body = payment_body(created["invitation_id"], channel="wechat", scene="h5")
         expect(call(client, "POST", "/v1/payments", flow.patient, body), 409, "payment_order_open")
         assert wechat.created == []
 
