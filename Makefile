@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEPS := $(VENV)/.deps-installed
 
-.PHONY: run test lint unit integration e2e model bench job tables admin check-ledger recompute-stars clean
+.PHONY: run test lint unit integration e2e package-check deploy deploy-check model bench job tables admin check-ledger recompute-stars clean
 
 $(DEPS): requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,8 +16,8 @@ $(DEPS): requirements.txt requirements-dev.txt
 run: $(DEPS)
 	@exec $(PY) -m devstack.stack run $(if $(DOUBLES),--with-doubles)
 
-## test: lint, then unit, integration and end-to-end tests; stops at the first failure.
-test: lint unit integration e2e
+## test: lint, unit, integration and end-to-end tests, the deployment checks; stops at the first failure.
+test: lint unit integration e2e package-check deploy-check
 
 lint: $(DEPS)
 	$(VENV)/bin/ruff check .
@@ -31,6 +31,21 @@ integration: $(DEPS)
 
 e2e: $(DEPS)
 	$(PY) -m pytest tests/e2e
+
+## package-check: `chalice package` for prod (what CloudFormation would deploy) and the tables template pass cfn-lint.
+package-check: $(DEPS)
+	@rm -rf build/package && AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-cn-north-1} $(VENV)/bin/chalice package --stage prod build/package >/dev/null
+	$(VENV)/bin/cfn-lint build/package/sam.json infra/tables.yaml
+	@ls -l build/package/*.zip | awk '{printf "artefact %s: %.1f MB\n", $$NF, $$5 / 1048576}'
+
+## deploy STAGE=dev|prod [KEEP_TABLES=1]: tables stack, config, chalice deploy, stream failure settings (docs/operations.md).
+deploy: $(DEPS)
+	@test "$(STAGE)" = dev -o "$(STAGE)" = prod || { echo "usage: make deploy STAGE=dev|prod [KEEP_TABLES=1]"; exit 2; }
+	@$(PY) -m devstack.deploy --stage "$(STAGE)" $(if $(KEEP_TABLES),--keep-tables)
+
+## deploy-check: the whole deploy sequence, run three times against a moto server (no AWS account needed).
+deploy-check: $(DEPS)
+	$(PY) -m pytest tests/deploy
 
 ## model: the model-based ledger test at a larger size (LEDGER_MODEL_EXAMPLES x LEDGER_MODEL_STEPS; make test runs 200 x 30).
 model: $(DEPS)

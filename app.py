@@ -6,8 +6,9 @@ here creates a client or does I/O: cold start is a tracked figure (``make bench`
 
 from __future__ import annotations
 
-from chalice import Chalice, ConvertToMiddleware
+from chalice import Chalice, ConvertToMiddleware, CORSConfig
 
+from chalicelib.config import get_settings
 from chalicelib.handlers import (
     accounts,
     admin,
@@ -25,6 +26,13 @@ from chalicelib.handlers.middleware import request_envelope
 from chalicelib.observability import logger, metrics
 
 app = Chalice(app_name="anes")
+# The front end's origin (FRONTEND_URL) may call the API from a browser; API Gateway answers the preflight.
+app.api.cors = CORSConfig(
+    allow_origin=get_settings().frontend_url,
+    allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+    expose_headers=["X-Request-Id"],
+    max_age=600,
+)
 
 app.register_middleware(ConvertToMiddleware(logger.inject_lambda_context(clear_state=True)))
 app.register_middleware(ConvertToMiddleware(metrics.log_metrics(capture_cold_start_metric=True)))

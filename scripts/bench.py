@@ -16,6 +16,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -66,6 +67,25 @@ def cold_start(runs: int) -> tuple[float, float]:
     return statistics.median(app_times), statistics.median(floor_times)
 
 
+ARTEFACT_LIMIT_MB = 50.0
+"""Lambda's limit for a zipped deployment package (function code or a layer)."""
+
+
+def artefact_sizes(out: Path) -> dict[str, float]:
+    """``chalice package --stage prod``: megabytes of each zip (function code, and the shared layer)."""
+    env = {**os.environ, "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION", "cn-north-1")}
+    chalice = Path(sys.executable).with_name("chalice")
+    subprocess.run(
+        [str(chalice), "package", "--stage", "prod", str(out)],
+        cwd=PROJECT_DIR,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    return {path.name: path.stat().st_size / 1_048_576 for path in sorted(out.glob("*.zip"))}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Measure the project's figures.")
     parser.add_argument("--runs", type=int, default=15, help="processes per cold-start median (at least 9)")
@@ -82,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
         f"| cold start: import app (median of {runs}) | {app_ms:.1f} ms | floor app {floor_ms:.1f} ms "
         f"| {ratio:.2f} | <= {COLD_START_TARGET} | {verdict} |"
     )
+    with tempfile.TemporaryDirectory() as out:
+        for name, size in artefact_sizes(Path(out) / "package").items():
+            fits = "ok" if size <= ARTEFACT_LIMIT_MB else "OVER LIMIT"
+            limit = f"Lambda limit {ARTEFACT_LIMIT_MB:g} MB zipped"
+            print(f"| artefact: {name} (prod) | {size:.1f} MB | {limit} | | | {fits} |")
     return 0 if ratio <= COLD_START_TARGET else 1
 
 

@@ -12,7 +12,8 @@ Example
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import threading
+from typing import TYPE_CHECKING, Any
 
 from chalicelib.config import get_settings
 from chalicelib.errors import ApiError
@@ -22,6 +23,28 @@ if TYPE_CHECKING:
 
 CHANNELS = ("wechat", "alipay", "unionpay", "sandbox")
 _providers: dict[str, Provider] = {}
+_building = threading.Lock()
+
+
+class _OneCallAtATime:
+    """A live adapter whose calls take turns: the SDKs (and the C libraries under them) are not
+    documented as thread-safe. Lambda runs one request per container, so this costs nothing there;
+    it matters where one process serves requests on threads (``chalice local``)."""
+
+    def __init__(self, adapter: Provider) -> None:
+        self._adapter, self._lock = adapter, threading.RLock()
+        self.channel = adapter.channel
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._adapter, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                return attribute(*args, **kwargs)
+
+        return call
 
 
 def available_channels() -> list[str]:
@@ -41,15 +64,16 @@ def get_provider(channel: str) -> Provider:
             "该支付方式暂不可用",
             {"channel": channel, "available": available_channels()},
         )
-    if channel not in _providers:
-        if channel == "sandbox":
-            from chalicelib.payments.sandbox import SandboxProvider
+    with _building:  # one adapter per channel and container, even when requests arrive together
+        if channel not in _providers:
+            if channel == "sandbox":
+                from chalicelib.payments.sandbox import SandboxProvider
 
-            _providers[channel] = SandboxProvider()
-        else:
-            from chalicelib.payments.channels import build
+                _providers[channel] = SandboxProvider()
+            else:
+                from chalicelib.payments.channels import build
 
-            _providers[channel] = build(channel)
+                _providers[channel] = _OneCallAtATime(build(channel))  # type: ignore[assignment]
     return _providers[channel]
 
 

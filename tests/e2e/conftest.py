@@ -58,7 +58,13 @@ def start_stack(
     """Start the launcher (with ``settings`` as extra environment); return once ``GET /health`` answers 200."""
     api_port, ddb_port = api_port or free_port(), free_port()
     log_path = tmp / "stack.log"
-    env = {**os.environ, "SCHEDULE_SPEEDUP": speedup, "PYTHONUNBUFFERED": "1", **(settings or {})}
+    env = {
+        **os.environ,
+        "SCHEDULE_SPEEDUP": speedup,
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONFAULTHANDLER": "1",
+        **(settings or {}),
+    }
     argv = [sys.executable, "-m", "devstack.stack", "--ddb-port", str(ddb_port), "run", "--api-port", str(api_port)]
     argv += ["--state-dir", str(tmp / "pump"), *extra]
     with log_path.open("w") as log:

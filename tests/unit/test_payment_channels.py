@@ -144,3 +144,32 @@ def test_deployed_keys_come_from_secrets_manager_once_per_container(stage) -> No
 def test_notifications_come_back_to_our_callback_route(stage) -> None:
     stage(env(**ALIPAY, PUBLIC_API_URL="http://127.0.0.1:8123"))
     assert channels.notify_url("alipay") == "http://127.0.0.1:8123/v1/payments/callbacks/alipay"
+
+
+def test_a_live_adapter_takes_one_call_at_a_time() -> None:
+    import threading
+    import time
+
+    # GIVEN an adapter whose calls record how many run at once
+    class Slow:
+        channel = "alipay"
+        running = peak = 0
+
+        def query_payment(self, out_trade_no: str) -> str:
+            Slow.running += 1
+            Slow.peak = max(Slow.peak, Slow.running)
+            time.sleep(0.01)
+            Slow.running -= 1
+            return out_trade_no
+
+    guarded = registry._OneCallAtATime(Slow())  # type: ignore[arg-type]
+
+    # WHEN eight threads call it together
+    threads = [threading.Thread(target=guarded.query_payment, args=(f"PI{n}",)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    # THEN the calls took turns, and the adapter answers as itself
+    assert (Slow.peak, guarded.channel, guarded.query_payment("PI9")) == (1, "alipay", "PI9")

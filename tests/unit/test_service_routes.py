@@ -158,3 +158,13 @@ def test_the_documented_titles_and_specialties_are_the_codes_vocabulary() -> Non
     assert schemas["DoctorSpecialty"]["enum"] == list(SPECIALTIES)
     for code, labels in {**TITLES, **SPECIALTIES}.items():
         assert labels["zh"] in schemas["DoctorTitle"]["description"] + schemas["DoctorSpecialty"]["description"], code
+
+
+def test_the_front_end_origin_may_call_the_api_from_a_browser(client: Client) -> None:
+    from chalicelib.config import get_settings
+
+    response = client.http.get("/health")
+
+    assert response.headers["Access-Control-Allow-Origin"] == get_settings().frontend_url
+    assert "Idempotency-Key" in response.headers["Access-Control-Allow-Headers"]
+    assert response.headers["Access-Control-Expose-Headers"] == "X-Request-Id"
