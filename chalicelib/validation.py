@@ -50,26 +50,47 @@ def _require_unicode(payload: Any) -> None:
         raise invalid("Text must be valid Unicode (no lone surrogates)") from None
 
 
+def _integral(payload: Any) -> Any:
+    """``payload`` with every whole float (``3.0``) as an int: JSON has one number type, and
+    JSON Schema's ``integer`` admits ``3.0``, so an integer field must too (a fraction is still refused)."""
+    if isinstance(payload, float) and payload.is_integer():
+        return int(payload)
+    if isinstance(payload, dict):
+        return {key: _integral(value) for key, value in payload.items()}
+    if isinstance(payload, list):
+        return [_integral(item) for item in payload]
+    return payload
+
+
 def parse(payload: Any, schema: type[T]) -> T:
     """``payload`` as ``schema``; 400 when there is no body, 422 naming the field otherwise."""
     if payload is None:
         raise ApiError(400, "body_required", "A JSON body is required", "请求体不能为空")
     _require_unicode(payload)
     try:
-        return msgspec.convert(payload, schema, strict=True)
+        return msgspec.convert(_integral(payload), schema, strict=True)
     except msgspec.ValidationError as error:
         raise _refusal(error) from None
 
 
 def parse_query(params: dict[str, str] | None, schema: type[T]) -> T:
-    """Query-string parameters as ``schema`` (numbers and dates converted from text)."""
+    """Query-string parameters as ``schema`` (numbers and dates converted from text).
+
+    A parameter that is sent has a value: ``?to=null`` is refused, not read as "no ``to``"
+    (msgspec's lax mode would turn the text ``null`` into None).
+    """
     values = dict(params or {})
     _require_unicode(values)
     try:
         # a plain dict: msgspec checks unknown fields of mappings, not of Chalice's MultiDict
-        return msgspec.convert(values, schema, strict=False)
+        parsed = msgspec.convert(values, schema, strict=False)
     except msgspec.ValidationError as error:
         raise _refusal(error) from None
+    fields = dict(zip(schema.__struct_encode_fields__, schema.__struct_fields__, strict=True))  # type: ignore[attr-defined]
+    for name in values:
+        if getattr(parsed, fields[name]) is None:
+            raise invalid(f"{name} has no valid value", name)
+    return parsed
 
 
 Limit = Annotated[int, msgspec.Meta(ge=1, le=100)]

@@ -54,6 +54,9 @@ def _send_error_response(self: local.ChaliceRequestHandler, error: local.LocalGa
 
 
 def main(argv: list[str]) -> int:
+    from devstack.faults import install
+
+    install("api")  # only when DDB_FAULTS is set (make soak)
     local.ChaliceRequestHandler._send_error_response = _send_error_response
     return cli.main(args=["local", "--no-autoreload", *argv], prog_name="chalice", obj={}, standalone_mode=True)
 

@@ -381,6 +381,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-retries", type=int, default=5, help="failed deliveries before a batch is set aside")
     parser.add_argument("--job", help="run this scheduled function once, now, and exit")
     args = parser.parse_args(argv)
+    if not args.job:
+        from devstack.faults import install
+
+        install("pump")  # only when DDB_FAULTS is set (make soak)
     try:
         app, client = load_app(args.stage)
         if args.job:

@@ -174,6 +174,11 @@ def start_stack(args: argparse.Namespace, group: ProcessGroup, stop: threading.E
                 f"  DynamoDB Local  http://{HOST}:{args.ddb_port}   ({storage})",
                 f"  event pump      schedules and stream consumers (state in {args.state_dir})",
                 *(f"  {channel:<15} provider double at {url}" for channel, url in doubles.items()),
+                *(
+                    [f"  DynamoDB faults {env['DDB_FAULTS']}   (devstack.faults, in the API and the pump)"]
+                    if env.get("DDB_FAULTS")
+                    else []
+                ),
                 "Press Ctrl-C to stop everything.",
                 "",
             ]

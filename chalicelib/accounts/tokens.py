@@ -22,7 +22,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pynamodb.exceptions import DoesNotExist
-from pynamodb.transactions import TransactWrite
 
 from chalicelib.accounts.roles import ACCOUNT_ROLES, Principal
 from chalicelib.config import get_settings
@@ -156,6 +155,10 @@ def _connection() -> Any:
     return UsersTable._get_connection().connection
 
 
+SESSION_ATTEMPTS = 3
+"""Sends of a new session's write before a conflict becomes 409 (a sign-up must not fail after the account exists)."""
+
+
 def start_session(principal: Principal, now: datetime) -> Session:
     """Sign ``principal`` in: a new refresh-token family and the first tokens."""
     family = uuid.uuid4().hex
@@ -163,9 +166,20 @@ def start_session(principal: Principal, now: datetime) -> Session:
     session_family = SessionFamily(f"USER#{principal.user_id}", f"SESSION#{family}")
     session_family.created_at = now.isoformat()
     session_family.expires_at = item.expires_at  # a family lives as long as its newest token
-    with TransactWrite(connection=_connection()) as transaction:
-        transaction.save(session_family, condition=SessionFamily.pk.does_not_exist())
-        transaction.save(item, condition=RefreshToken.pk.does_not_exist())
+    for attempt in range(SESSION_ATTEMPTS):
+        batch = Batch()
+        batch.put("family", session_family, condition=SessionFamily.pk.does_not_exist())
+        batch.put("token", item, condition=RefreshToken.pk.does_not_exist())
+        try:
+            batch.commit(_connection())
+            break
+        except TransactionCancelledError as cancelled:
+            if cancelled.failed:
+                # fresh random keys exist only if an earlier send of this very write committed
+                # (its answer lost): the session is there
+                break
+            if attempt == SESSION_ATTEMPTS - 1:
+                raise busy() from None  # a concurrent transaction or throttling, every time: 409, retry
     access, lifetime = issue_access_token(principal, now)
     return Session(principal, access, lifetime, refresh)
 

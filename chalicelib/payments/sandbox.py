@@ -97,6 +97,7 @@ from chalicelib.payments.wechat_notify import (
     H_SERIAL,
     H_SIGNATURE,
     SIGNTEST_PREFIX,
+    NotificationRejected,
     NotifyKeys,
     generate_sandbox_keys,
     sign_notification,
@@ -106,6 +107,8 @@ from chalicelib.payments.wechat_notify import (
 if TYPE_CHECKING:
     from collections.abc import Mapping
     from datetime import datetime
+
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
     from chalicelib.payments.provider import (
         Channel,
@@ -151,6 +154,7 @@ STALE_BY_S: Final = 600
 
 _APP_IDS: Final = {"jsapi_mp": "wx-sandbox-mp", "jsapi_oa": "wx-sandbox-oa"}
 _APP_ID_OTHER: Final = "wx-sandbox-app"
+_OUR_APP_IDS: Final = frozenset({*_APP_IDS.values(), _APP_ID_OTHER})
 _PAYER_OPENID: Final = "o-sandbox-payer"
 _ALPHANUMERIC: Final = string.ascii_letters + string.digits
 _CONDITION_FAILED: Final = "ConditionalCheckFailedException"
@@ -198,13 +202,24 @@ def _private_pem() -> str:
 
 
 @functools.cache
-def _public_pem() -> str:
-    from cryptography.hazmat.primitives import serialization
+def _private_key() -> RSAPrivateKey:
+    """The sandbox's signing key, parsed once: parsing checks the RSA key, which costs far more than a signature."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
     key = load_pem_private_key(_private_pem().encode("ascii"), password=None)
+    if not isinstance(key, rsa.RSAPrivateKey):  # pragma: no cover - the committed file is RSA
+        raise RuntimeError("the sandbox platform key is not an RSA key")
+    return key
+
+
+@functools.cache
+def _public_pem() -> str:
+    from cryptography.hazmat.primitives import serialization
+
     return (
-        key.public_key()
+        _private_key()
+        .public_key()
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         .decode("ascii")
     )
@@ -221,13 +236,9 @@ def _rsa_sign(message: bytes) -> str:
     import base64
 
     from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import padding, rsa
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+    from cryptography.hazmat.primitives.asymmetric import padding
 
-    key = load_pem_private_key(_private_pem().encode("ascii"), password=None)
-    if not isinstance(key, rsa.RSAPrivateKey):  # pragma: no cover - the committed file is RSA
-        raise RuntimeError("the sandbox platform key is not an RSA key")
-    return base64.b64encode(key.sign(message, padding.PKCS1v15(), hashes.SHA256())).decode("ascii")
+    return base64.b64encode(_private_key().sign(message, padding.PKCS1v15(), hashes.SHA256())).decode("ascii")
 
 
 def _require_enabled() -> None:
@@ -822,9 +833,22 @@ class SandboxProvider:
     # callbacks
 
     def parse_callback(self, headers: Mapping[str, str], body: bytes, now: datetime) -> ProviderEvent | None:
-        """Verify (``NotificationRejected``), decrypt and normalise (``MalformedEventError``) one callback."""
+        """Verify (``NotificationRejected``), decrypt and normalise (``MalformedEventError``) one callback.
+
+        A resource naming another ``mchid``/``mch_id`` than :data:`SANDBOX_MCHID`, or an ``appid`` the
+        sandbox never issues, is ``wrong_merchant`` (as ``WeChatPayProvider.parse_callback``).
+        """
         notification = verify_notification(headers, body, notify_keys(), now.timestamp())
-        return payment_event("sandbox", notification)
+        event = payment_event("sandbox", notification)
+        # as the WeChat adapter does: signed by "WeChat" is not enough, it must be about our merchant and apps
+        resource = notification.resource
+        mchid = resource.get("mchid", resource.get("mch_id"))
+        if (event is not None or mchid is not None) and mchid != SANDBOX_MCHID:
+            raise NotificationRejected("wrong_merchant", "the notification names another merchant id")
+        appid = resource.get("appid")
+        if appid is not None and appid not in _OUR_APP_IDS:
+            raise NotificationRejected("wrong_merchant", "the notification names an appid that is not ours")
+        return event
 
     def acknowledge(self, accepted: bool) -> HttpReply:
         """WeChat's answers: 204 without a body, or 400 ``{"code":"FAIL","message":"失败"}``."""

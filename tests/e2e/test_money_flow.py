@@ -4,8 +4,9 @@ A verified hospital buys a VIP membership in the sandbox and lists every doctor;
 one, pays, the doctor accepts and completes, the hospital confirms and tips. The doctor
 registers an Alipay payout account and withdraws twice: the first payout fails (the money
 comes back to ``available``, with the reason shown), the second is sent by the settlement
-job and paid. Each party's ``GET /v1/me/transactions`` shows every movement, and
-``make check-ledger`` passes.
+job and paid. The flow stack pays Alipay accounts through Alipay (its double on loopback,
+told each transfer's outcome beforehand), as a stage with Alipay configured does. Each
+party's ``GET /v1/me/transactions`` shows every movement, and ``make check-ledger`` passes.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from typing import TYPE_CHECKING
 
 from chalicelib.clock import SHANGHAI, utc_now
 from tests.e2e.conftest import ADMIN_PASSWORD, PROJECT_DIR, Caller, make_admin, phone_number
+from tests.e2e.test_channels_flow import Buttons
 from tests.e2e.test_invitation_flow import CREDENTIALS, FEE, PLATFORM_FEE, SUMMARY, eventually, sign_up, status_of
 
 if TYPE_CHECKING:
+    from devstack.doubles.loopback import Doubles
     from tests.e2e.conftest import Stack
 
 TIP = 2_000
@@ -40,15 +43,16 @@ def _withdrawal(doctor: Caller, withdrawal_id: str) -> dict:
     return next(item for item in items if item["withdrawal_id"] == withdrawal_id)
 
 
-def _sent(doctor: Caller, withdrawal_id: str) -> dict:
-    """The withdrawal once the settlement job has handed it to the provider (the job runs every second here)."""
+def _payout_ends(doctor: Caller, withdrawal_id: str, status: str) -> dict:
+    """The withdrawal once the settlement job (every second here) has sent it and its outcome is known."""
     return eventually(
-        lambda: (item := _withdrawal(doctor, withdrawal_id))["status"] not in ("requested",) and item,
-        "the settlement job to send the payout",
+        lambda: (item := _withdrawal(doctor, withdrawal_id))["status"] == status and item,
+        f"the payout to be {status}",
+        timeout=150,
     )
 
 
-def test_membership_invite_tip_withdraw_and_payout(flow_stack: Stack) -> None:
+def test_membership_invite_tip_withdraw_and_payout(flow_stack: Stack, channel_doubles: Doubles) -> None:
     api = flow_stack.base_url
     admin_phone = phone_number()
     make_admin(flow_stack, admin_phone)
@@ -118,26 +122,21 @@ def test_membership_invite_tip_withdraw_and_payout(flow_stack: Stack) -> None:
     )
     assert "13912345678" not in account["label"]
     request = {"amount_fen": FIRST_WITHDRAWAL, "payout_account_id": account["account_id"]}
+    alipay = Buttons(channel_doubles.urls())
+    alipay.control("alipay", "plan-payout", {"outcome": "fail"})
     first = doctor.call("POST", "/v1/withdrawals", 201, request)
-    assert first["status"] == "requested"
-    assert doctor.call("GET", "/v1/me/wallet", 200)["payout_fen"] == FIRST_WITHDRAWAL
-    _sent(doctor, first["withdrawal_id"])
-    _sandbox_pay(api, first["withdrawal_id"], outcome="fail")
+    assert (first["status"], first["amount_fen"]) == ("requested", FIRST_WITHDRAWAL)  # the job sends it within a second
 
     # THEN the money is back in available, and the withdrawal says why
-    failed = eventually(
-        lambda: (item := _withdrawal(doctor, first["withdrawal_id"]))["status"] == "failed" and item,
-        "the failed payout",
-    )
+    failed = _payout_ends(doctor, first["withdrawal_id"], "failed")
     assert failed["fail_reason"]
     wallet = doctor.call("GET", "/v1/me/wallet", 200)
     assert (wallet["available_fen"], wallet["payout_fen"]) == (SHARE + TIP, 0)
 
     # WHEN the doctor withdraws everything and the payout succeeds
+    alipay.control("alipay", "plan-payout", {"outcome": "success"})
     second = doctor.call("POST", "/v1/withdrawals", 201, {**request, "amount_fen": SHARE + TIP})
-    _sent(doctor, second["withdrawal_id"])
-    _sandbox_pay(api, second["withdrawal_id"], outcome="success")
-    eventually(lambda: _withdrawal(doctor, second["withdrawal_id"])["status"] == "succeeded", "the payout")
+    _payout_ends(doctor, second["withdrawal_id"], "succeeded")
     assert doctor.call("GET", "/v1/me/wallet", 200) == {
         "currency": "CNY",
         "pending_fen": 0,

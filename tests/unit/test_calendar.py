@@ -216,6 +216,8 @@ def test_get_with_from_and_to(client: Client, doctor: actors.Actor) -> None:
         ("from=2030-02-30", "from"),
         ("from=tomorrow", "from"),
         ("until=2030-05-01", "until"),
+        ("to=null", "to"),
+        ("from=null", "from"),
     ],
 )
 def test_bad_calendar_queries_are_422(client: Client, doctor: actors.Actor, query: str, field: str) -> None:
