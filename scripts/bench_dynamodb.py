@@ -285,6 +285,9 @@ def sweeps(stack: BenchStack, people: flows.Population, due: int, sizes: tuple[i
         doctor for doctor in people.doctors if doctor.call("GET", "/v1/me/wallet", 200)["available_fen"] >= 100_000
     ]
     for size in sizes:
+        # earlier work still queued (the counted flow's withdrawal) is done first, so a run finds only its own
+        deadlines.expire_due(utc_now() + timedelta(hours=1))
+        deadlines.settle_payouts(utc_now() + timedelta(hours=1))
         invitation_ids = [
             flows.invite_and_pay(people.patients[n % len(people.patients)], doctor, people.hospital_id)[0]
             for n, doctor in enumerate(people.doctors[n % len(people.doctors)] for n in range(due))

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import requests
 
+from devstack.soak import CREDENTIALS, SUMMARY
 from scripts.bench_stack import OFFSET_HEADER, PROJECT_DIR, new_key
 
 if TYPE_CHECKING:
@@ -38,24 +39,6 @@ PASSWORD = "bench-pass-word-1"
 ADMIN_PASSWORD = "bench-admin-pass-1"
 LEAD_MINUTES = 2
 """How far ahead an invitation is scheduled (the bench stack runs with no answer margin)."""
-SUMMARY = {
-    "asa_class": "II",
-    "emergency": False,
-    "airway": {"mallampati": 2},
-    "fasting": "fasted",
-    "fasting_hours": 8,
-    "anticoagulants": [],
-    "allergies": [],
-    "latex_allergy": False,
-    "malignant_hyperthermia_family_history": "no",
-    "age_years": 52,
-    "weight_kg": 66.0,
-}
-CREDENTIALS = {
-    "practising_certificate_no": "110101199001",
-    "qualification_certificate_no": "220202199002",
-    "id_number": "11010519491231002X",
-}
 SETTINGS = {"PAYMENT_WINDOW_MINUTES": "1", "RESPONSE_MARGIN_HOURS": "0", "ACCESS_TOKEN_MINUTES": "240"}
 """What the bench stack runs with: invitations minutes ahead (as the e2e flow stack), tokens that outlast the run."""
 
