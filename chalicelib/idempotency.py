@@ -15,6 +15,9 @@ It is built on Powertools' idempotency utility (``IdempotencyHandler`` with the
   hash of the body): 409 ``idempotency_key_reused``;
 - when ``run`` raises (an ``ApiError`` or anything else) Powertools deletes the claim and
   re-raises, so nothing is stored and a corrected retry with the same key runs again;
+- a claim whose write committed but whose answer was lost (botocore then sends it again,
+  and the second send meets the first) is recognised as this request's own by a random
+  ``claim`` token written with it, so the request goes on instead of blocking itself;
 - an ``INPROGRESS`` claim whose invocation died is reclaimable once the invocation's
   remaining time has passed (``in_progress_expiration``), and a record past its
   ``expiration`` counts as absent even before DynamoDB's TTL sweep removes it.
@@ -42,8 +45,10 @@ Example
 from __future__ import annotations
 
 import re
+import secrets
 import threading
 import time
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol
 
 from chalicelib.errors import ApiError
@@ -61,6 +66,10 @@ DEFAULT_LOCK_MILLIS = 60_000
 """How long a claim blocks duplicates when no Lambda context is given: Chalice's default timeout."""
 KEY_PREFIX = "http"
 """Fixed prefix of the record ids (``http#<sha256>``), so moving this code keeps the records valid."""
+CLAIM_ATTR = "claim"
+"""A random token per claim write: the record's own writer knows it, a concurrent duplicate does not."""
+
+_claim: ContextVar[str | None] = ContextVar("idempotency_claim", default=None)
 
 
 class RemainingTime(Protocol):
@@ -97,16 +106,54 @@ def _config(lambda_context: RemainingTime) -> IdempotencyConfig:
     )
 
 
+def _stamp_claim(params: dict[str, Any], **_: Any) -> None:
+    """botocore ``before-parameter-build`` hook: write this thread's claim token with the claim."""
+    token = _claim.get()
+    if token is not None:
+        params["Item"][CLAIM_ATTR] = {"S": token}
+
+
+def _own_claim(error: Exception, token: str) -> bool:
+    """Whether the record that refused a claim write is this very write, committed by an earlier send."""
+    response = getattr(error.__cause__, "response", None) or {}
+    return response.get("Item", {}).get(CLAIM_ATTR, {}).get("S") == token
+
+
+def _claim_aware_layer(table_name: str) -> DynamoDBPersistenceLayer:
+    """Powertools' DynamoDB layer, whose claim survives a lost answer.
+
+    DynamoDB may commit the claim ``PutItem`` and lose the answer; botocore sends it again, the
+    second send meets the first one's record, and plain Powertools reports the key in use by
+    another request: the client's retries would then get 409 until the claim's time ran out.
+    """
+    from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
+    from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyItemAlreadyExistsError
+
+    class ClaimAwareLayer(DynamoDBPersistenceLayer):
+        def _put_record(self, data_record: Any) -> None:
+            token = secrets.token_hex(16)
+            reset = _claim.set(token)
+            try:
+                super()._put_record(data_record)
+            except IdempotencyItemAlreadyExistsError as exists:
+                if not _own_claim(exists, token):
+                    raise
+            finally:
+                _claim.reset(reset)
+
+    layer = ClaimAwareLayer(table_name=table_name, key_attr="id")
+    layer.client.meta.events.register("before-parameter-build.dynamodb.PutItem", _stamp_claim)
+    return layer
+
+
 def _persistence_layer() -> DynamoDBPersistenceLayer:
     """The persistence layer of this container, made (with its boto3 client) on first use."""
     global _persistence
     with _lock:
         if _persistence is None:
-            from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
-
             from chalicelib.config import get_settings
 
-            layer = DynamoDBPersistenceLayer(table_name=get_settings().idempotency_table, key_attr="id")
+            layer = _claim_aware_layer(get_settings().idempotency_table)
             # Configure once here: Powertools applies only the first configuration it is given,
             # and configuring inside concurrent calls would race on the shared layer.
             layer.configure(_config(_FixedBudget(DEFAULT_LOCK_MILLIS)), key_prefix=KEY_PREFIX)

@@ -17,6 +17,10 @@ Fault kinds (each a share of the eligible calls, drawn independently):
 - ``lost``: a write commits, then the application gets the ``ReadTimeoutError`` itself
   (``after-call``: botocore's retries were spent). Off unless asked for.
 
+The sandbox payment provider keeps its own records (``SANDBOX#...`` keys) in the local tables;
+they play a provider's storage, not ours, so calls that touch them never get a fault (a real
+provider's outage is a different test: the provider doubles).
+
 Installed only by the local stack's processes (``devstack.api_server``, ``devstack.event_pump``)
 when ``DDB_FAULTS`` is set, e.g. ``DDB_FAULTS="conflict=0.05,throttle=0.02,ambiguous=0.01,seed=7"``.
 ``DDB_FAULTS_DIR`` names a folder where each process writes its counts to
@@ -64,6 +68,8 @@ DATA_PLANE = frozenset(
 )
 """Calls that get faults; table management (CreateTable, DescribeTable...) and Scan never do."""
 WRITES = frozenset({"PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems"})
+PROVIDER_KEY = b"SANDBOX#"
+"""The key prefix of the sandbox provider's own records: never faulted."""
 _THROTTLE_BODY = {
     "__type": "com.amazonaws.dynamodb.v20120810#ThrottlingException",
     "message": "Rate of requests exceeds the allowed throughput.",
@@ -175,9 +181,10 @@ class FaultInjector:
 
     # -- hooks ------------------------------------------------------------------------------------
 
-    def before_call(self, model: Any, params: dict[str, Any], **_: Any) -> Any:
+    def before_call(self, model: Any, params: dict[str, Any], context: dict[str, Any], **_: Any) -> Any:
         """Count the call; cancel a transaction for a conflict (the application sees it)."""
-        if model.name not in DATA_PLANE:
+        if model.name not in DATA_PLANE or _touches_provider(params.get("body")):
+            context["devstack_faults_exempt"] = True
             return None
         self._count_call()
         if model.name == "TransactWriteItems" and self._roll("conflict"):
@@ -189,7 +196,7 @@ class FaultInjector:
         from botocore.exceptions import ReadTimeoutError
 
         operation = _operation(request)
-        if operation not in DATA_PLANE:
+        if operation not in DATA_PLANE or _touches_provider(request.body):
             return None
         if self._roll("throttle"):
             return throttled_response(request)
@@ -198,11 +205,13 @@ class FaultInjector:
             raise ReadTimeoutError(endpoint_url=request.url)  # ...and the answer never arrives
         return None
 
-    def after_call(self, model: Any, http_response: Any, **_: Any) -> None:
+    def after_call(self, model: Any, http_response: Any, context: dict[str, Any], **_: Any) -> None:
         """A write that committed, whose answer the application never gets (after botocore's retries)."""
         from botocore.exceptions import ReadTimeoutError
 
         status = getattr(http_response, "status_code", 500)
+        if context.get("devstack_faults_exempt"):
+            return
         if model.name in WRITES and status < 300 and self._roll("lost"):
             raise ReadTimeoutError(endpoint_url="http://dynamodb (answer lost by devstack.faults)")
 
@@ -244,6 +253,13 @@ class FaultInjector:
             if self._dirty:
                 with contextlib.suppress(OSError):
                     self.write_report()
+
+
+def _touches_provider(body: Any) -> bool:
+    """Whether a request body names a record of the sandbox provider."""
+    if isinstance(body, str):
+        body = body.encode()
+    return isinstance(body, bytes) and PROVIDER_KEY in body
 
 
 def _operation(request: Any) -> str | None:

@@ -3,6 +3,7 @@
 - ``expire_due``: paid invitations the doctor did not answer by the deadline → expired, refunded;
 - ``confirm_due``: completed invitations whose confirmation hold ran out → confirmed, released;
 - ``follow_up_payments``: pending payment orders → queried (a callback may be lost), closed at the window's end;
+  invitations that never opened an order → closed at the window's end;
 - ``follow_up_refunds``: refunds → sent again with the same number, or queried, until final;
 - ``settle_payouts``: withdrawals → paid out with their stable number, followed until final;
 - ``lift_penalties``: confirmed complaints whose penalty period passed → lifted (the stream
@@ -82,14 +83,22 @@ def confirm_due(now: datetime, limit: int = BATCH) -> dict[str, int]:
 
 
 def follow_up_payments(now: datetime, limit: int = BATCH) -> dict[str, int]:
+    from chalicelib.invitations import service
     from chalicelib.payments import orders
 
-    return _run(
+    orders_report = _run(
         "follow_up_payments",
         orders.due(now, limit),
         lambda order: orders.follow_up(order, now),
         lambda order: order.order_id,
     )
+    unpaid_report = _run(
+        "lapse_unpaid",
+        _due_invitations(engine.DUE_PAYMENT, now, limit),
+        lambda item: service.lapse_unpaid(engine.load(item.invitation_id), now),
+        lambda item: item.invitation_id,
+    )
+    return {name: orders_report[name] + unpaid_report[name] for name in orders_report}
 
 
 def follow_up_refunds(now: datetime, limit: int = BATCH) -> dict[str, int]:

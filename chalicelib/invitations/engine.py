@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 
 NOT_FOUND = ApiError(404, "invitation_not_found", "No invitation with this id is yours to see", "找不到该邀请")
 INVITATION_ACTION = "invitation"
+DUE_PAYMENT = "DUE#payment"
+"""The sparse ``due`` queue of new invitations without a payment order, by the end of the time to pay
+(opening an order takes an invitation off it: the order's follow-up then closes it if unpaid)."""
 DUE_RESPONSE = "DUE#response"
 """The sparse ``due`` queue of paid invitations waiting for the doctor, by answer deadline."""
 DUE_HOLD = "DUE#hold"
@@ -74,12 +77,14 @@ def fire(
     batch: Batch | None = None,
     posting: Posting | None = None,
     refusals: Callable[[list[str]], ApiError | None] | None = None,
+    require: Any = None,
 ) -> Invitation:
     """Move ``invitation`` by the transition ``name``; return it as stored afterwards.
 
     ``actions`` are further PynamoDB update actions on the invitation; ``batch`` holds the
     transition's other writes, named; ``refusals`` turns the names of those whose
-    condition failed into the error the client should see.
+    condition failed into the error the client should see; ``require`` is a further
+    condition on the invitation (its failure is a 409 ``conflict``).
     """
     step = plan(name, status=invitation.status, actor=actor)
     if step.reason_required and not reason:
@@ -96,7 +101,9 @@ def fire(
             Invitation.updated_at.set(iso(now)),
             *actions,
         ],
-        condition=Invitation.status == invitation.status,
+        condition=(Invitation.status == invitation.status) & require
+        if require is not None
+        else Invitation.status == invitation.status,
     )
     try:
         if posting is None:

@@ -14,13 +14,14 @@ Example
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from pynamodb.exceptions import DoesNotExist, PutError
+from pynamodb.exceptions import DoesNotExist, PutError, UpdateError
 
 from chalicelib.accounts.roles import ADMIN, DOCTOR, HOSPITAL
 from chalicelib.clock import SHANGHAI, iso, iso_precise, shanghai_date
@@ -147,6 +148,7 @@ def _clinical(request: InvitationRequest) -> str | None:
 def create(principal: Principal, request: InvitationRequest, now: datetime) -> tuple[int, dict[str, Any]]:
     """A new invitation or consultation, waiting for payment, at the doctor's fee of this moment."""
     from chalicelib.directory.hospitals import require_hospital
+    from chalicelib.payments import orders
 
     doctor = _invited_doctor(request.doctor_id)
     hospital = require_hospital(request.hospital_id)
@@ -188,6 +190,7 @@ def create(principal: Principal, request: InvitationRequest, now: datetime) -> t
     invitation.requester_key, invitation.updated_at = f"REQUESTER#{principal.user_id}", iso(now)
     invitation.created_at = iso_precise(now)  # the lists' sort key: invitations of one second stay in order
     invitation.history = [engine.change(now, "create", AWAITING_PAYMENT, REQUESTER, principal.user_id)]
+    invitation.due_queue, invitation.due_at = engine.DUE_PAYMENT, iso(orders.payment_window_end(invitation))
     try:
         invitation.save(condition=Invitation.pk.does_not_exist())
     except PutError:
@@ -593,7 +596,7 @@ def _withdraw_unpaid(invitation: Invitation, principal: Principal, reason: str, 
         actor_id=principal.user_id,
         now=now,
         reason=reason,
-        actions=[Invitation.ended_at.set(iso(now))],
+        actions=[Invitation.ended_at.set(iso(now)), Invitation.due_queue.remove(), Invitation.due_at.remove()],
         batch=batch,
     )
 
@@ -678,6 +681,34 @@ def confirm(principal: Principal, invitation_id: str, now: datetime) -> dict[str
     invitation = engine.load(invitation_id)
     _as(invitation, principal, REQUESTER)
     return view(release(invitation, REQUESTER, principal.user_id, now), principal)
+
+
+def lapse_unpaid(invitation: Invitation, now: datetime) -> Invitation:
+    """The job: the time to pay ended and no payment order was ever opened — close the invitation.
+
+    An invitation with an order is the order's follow-up's to close (it asks the provider first);
+    ``require`` keeps this from closing one whose order opened at the same moment.
+    """
+    from chalicelib.payments import orders
+
+    if invitation.status != AWAITING_PAYMENT or invitation.payment_order_id:  # moved on: only the entry is left
+        with contextlib.suppress(UpdateError):
+            invitation.update(
+                actions=[Invitation.due_queue.remove(), Invitation.due_at.remove()],
+                condition=Invitation.due_queue == engine.DUE_PAYMENT,
+            )
+        return invitation
+    if now < orders.payment_window_end(invitation):
+        raise ApiError(409, "not_due", "The time to pay has not ended", "尚未到期")
+    return engine.fire(
+        invitation,
+        "lapse_unpaid",
+        actor=SYSTEM,
+        actor_id=None,
+        now=now,
+        actions=[Invitation.ended_at.set(iso(now)), Invitation.due_queue.remove(), Invitation.due_at.remove()],
+        require=Invitation.payment_order_id.does_not_exist(),
+    )
 
 
 def expire(invitation: Invitation, now: datetime) -> Invitation:

@@ -208,7 +208,12 @@ def _order_for(
     batch.update(
         "invitation",
         invitation,
-        actions=[Invitation.payment_order_id.set(order.order_id), Invitation.updated_at.set(iso(now))],
+        actions=[
+            Invitation.payment_order_id.set(order.order_id),
+            Invitation.updated_at.set(iso(now)),
+            Invitation.due_queue.remove(),  # off DUE#payment: the order's follow-up closes it if unpaid
+            Invitation.due_at.remove(),
+        ],
         condition=(Invitation.status == AWAITING_PAYMENT) & Invitation.payment_order_id.does_not_exist(),
     )
     try:
@@ -217,6 +222,8 @@ def _order_for(
         current = engine.load(invitation.invitation_id)
         if current.payment_order_id:  # a concurrent request opened it first
             return _order_for(current, request, expires_at, now)
+        if current.status == AWAITING_PAYMENT:  # met a concurrent write, or a stale read: retrying is safe
+            raise busy() from None
         raise ApiError(
             409,
             "invitation_not_payable",

@@ -151,3 +151,35 @@ def test_concurrent_requests_with_one_key_and_two_bodies_never_run_twice() -> No
             assert outcome in (first, IN_USE), outcome
         else:
             assert outcome == REUSED, outcome
+
+
+def test_a_claim_whose_answer_was_lost_is_known_as_its_own_and_the_work_runs_once() -> None:
+    # GIVEN DynamoDB commits the first claim write and its answer is lost, so botocore sends it again
+    from botocore.exceptions import ReadTimeoutError
+    from botocore.httpsession import URLLib3Session
+
+    key = f"k-{uuid.uuid4().hex}"
+    work = Work()
+    client = idempotency._persistence_layer().client
+    lost: list[str] = []
+
+    def lose_the_first_answer(request: Any, **_: Any) -> None:
+        if not lost and request.headers.get("X-Amz-Target", b"").endswith(b".PutItem"):
+            lost.append("PutItem")
+            URLLib3Session(timeout=30).send(request)  # it commits...
+            raise ReadTimeoutError(endpoint_url=request.url)  # ...and its answer never arrives
+
+    client.meta.events.register("before-send.dynamodb.PutItem", lose_the_first_answer)
+    try:
+        # WHEN the request runs
+        answer = replay_or_run(key, scope=SCOPE, caller="u-1", body=BODY, run=work)
+    finally:
+        client.meta.events.unregister("before-send.dynamodb.PutItem", lose_the_first_answer)
+
+    # THEN it went on with its own claim (not a 409 in use against itself), the work ran once
+    first = (201, {"payment_id": "pay-1", "amount_fen": 50000})
+    assert lost == ["PutItem"]
+    assert answer == first and work.runs == 1
+    # AND a retry gets the stored response, while another request's claim is still refused as in use
+    assert replay_or_run(key, scope=SCOPE, caller="u-1", body=BODY, run=work) == first
+    assert work.runs == 1

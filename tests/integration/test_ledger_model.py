@@ -656,6 +656,10 @@ class LedgerMachine(RuleBasedStateMachine):
                 self._payment_applied(order)
             elif self.now >= order.expires_at:
                 self._order_closed(order)
+        for inv in self.invs:  # never ordered: closed when the time to pay ends
+            if inv.status == AWAITING_PAYMENT and inv.order_id is None and self.now >= inv.window_end:
+                SEEN["model: an invitation never ordered lapses"] += 1
+                inv.status = CLOSED
 
     def _job_expire(self) -> None:
         self._job_ok("expire_invitations", deadlines.expire_due(self.now, limit=JOB_LIMIT))

@@ -126,6 +126,20 @@ def test_an_ambiguous_write_commits_then_is_sent_again(fake_dynamodb: HTTPServer
     assert fake_dynamodb.received[-1] == "GetItem" and injector.counts["ambiguous"] == 1  # type: ignore[attr-defined]
 
 
+def test_the_sandbox_providers_own_records_never_get_a_fault(fake_dynamodb: HTTPServer) -> None:
+    # GIVEN every call would get every fault
+    injector = _injector(conflict=1.0, throttle=1.0, ambiguous=1.0, lost=1.0)
+    client = _client(fake_dynamodb, injector)
+    provider = {"pk": {"S": "SANDBOX#PAYMENT#P1"}, "sk": {"S": "META"}}
+    # WHEN the sandbox provider writes and reads its records (it plays a provider's storage, not ours)
+    client.transact_write_items(TransactItems=[{"Put": {"TableName": "t", "Item": provider}}])
+    client.put_item(TableName="t", Item=provider)
+    client.get_item(TableName="t", Key=provider)
+    # THEN each call reached DynamoDB once, untouched and uncounted
+    assert fake_dynamodb.received == ["TransactWriteItems", "PutItem", "GetItem"]  # type: ignore[attr-defined]
+    assert injector.calls == 0 and sum(injector.counts.values()) == 0
+
+
 def test_reports_of_every_process_are_summed(tmp_path: Path) -> None:
     for pid, counts in ((1, {"conflict": 2, "throttle": 1}), (2, {"conflict": 3, "ambiguous": 4})):
         report = {"pid": pid, "calls": 10 * pid, "faults": counts}

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from chalicelib.clock import shanghai_date
-from chalicelib.invitations import deadlines, engine
+from chalicelib.errors import ApiError
+from chalicelib.invitations import deadlines, engine, service
 from chalicelib.ledger import accounts
 from chalicelib.ledger.audit import check_ledger
 from chalicelib.models.invitations import CalendarDay, Invitation
@@ -728,6 +729,62 @@ def test_expire_due_refunds_an_unanswered_invitation_and_tells_both_sides(
     # and it left the queue
     assert deadlines.expire_due(deadline + timedelta(hours=1))["due"] == 0
     assert_ledger_ok()
+
+
+def _unpaid_due(now: datetime) -> list[str]:
+    return [
+        item.invitation_id for item in Invitation.by_due.query(engine.DUE_PAYMENT, Invitation.due_at <= now.isoformat())
+    ]
+
+
+def test_an_invitation_never_ordered_is_closed_when_the_time_to_pay_ends(client: Client, flow: Flow) -> None:
+    # GIVEN an invitation for which no payment order was ever opened
+    created = create_invitation(client, flow.patient, request_body(flow))
+    window_end = datetime.fromisoformat(created["payment_due_at"])
+    # WHEN the payment job runs before the time to pay ends, nothing happens
+    assert deadlines.follow_up_payments(window_end - timedelta(seconds=1))["due"] == 0
+    # AND when it runs after, the invitation is closed by the system
+    report = deadlines.follow_up_payments(window_end + timedelta(seconds=30))
+    assert report == {"due": 1, "done": 1, "skipped": 0, "failed": 0}
+    seen = read(client, flow.patient, created["invitation_id"])
+    assert seen["status"] == "closed"
+    assert [(step["transition"], step["by"]) for step in seen["history"]][-1] == ("lapse_unpaid", "system")
+    # AND it left the queue: no money moved, and it cannot be paid any more
+    assert _unpaid_due(window_end + timedelta(days=1)) == []
+    assert check_ledger().transactions == 0
+    body = {"purpose": "invitation", "reference": created["invitation_id"], "channel": "sandbox"}
+    expect(call(client, "POST", "/v1/payments", flow.patient, body), 409, "invitation_not_payable")
+
+
+def test_an_invitation_with_an_order_is_left_to_the_orders_follow_up(
+    client: Client, flow: Flow, fake: FakeProvider
+) -> None:
+    # GIVEN two invitations: one with an open payment order, one withdrawn before any order
+    ordered = create_invitation(client, flow.patient, request_body(flow))
+    withdrawn = create_invitation(client, flow.patient, request_body(flow))
+    open_order(client, flow.patient, ordered["invitation_id"])
+    expect(act(client, flow.patient, withdrawn["invitation_id"], "cancel", {"reason": "Mistake"}), 200)
+    # THEN neither waits in the unpaid queue any more
+    later = datetime.fromisoformat(ordered["payment_due_at"]) + timedelta(minutes=5)
+    assert _unpaid_due(later) == []
+    # AND the order's follow-up closes the unpaid one at the window's end, at the provider too
+    deadlines.follow_up_payments(later)
+    assert read(client, flow.patient, ordered["invitation_id"])["status"] == "closed"
+    assert len(fake.closed) == 1
+
+
+def test_the_unpaid_lapse_leaves_alone_an_invitation_whose_order_opened_meanwhile(client: Client, flow: Flow) -> None:
+    # GIVEN the job read the invitation just before the patient opened its payment order
+    created = create_invitation(client, flow.patient, request_body(flow))
+    stale = engine.load(created["invitation_id"])
+    open_order(client, flow.patient, created["invitation_id"])
+    # WHEN it lapses what it read, after the time to pay
+    later = datetime.fromisoformat(created["payment_due_at"]) + timedelta(seconds=1)
+    with pytest.raises(ApiError) as raised:
+        service.lapse_unpaid(stale, later)
+    # THEN the conditional write refuses: the invitation keeps waiting for its order's payment
+    assert (raised.value.status, raised.value.code) == (409, "conflict")
+    assert read(client, flow.patient, created["invitation_id"])["status"] == "awaiting_payment"
 
 
 def test_confirm_due_releases_after_the_hold(client: Client, flow: Flow, monkeypatch: pytest.MonkeyPatch) -> None:
