@@ -1,9 +1,9 @@
-"""``chalice local`` with API Gateway's own errors in the API's error shape.
+"""``chalice local`` with API Gateway's own errors in the API's error shape, without Nagle's delay.
 
 API Gateway itself answers an unknown route or a denied authoriser; so does the local
 gateway of ``chalice local``. This module gives those answers the one error shape (the
-deployed stages' gateway responses must be configured to match), then runs the unchanged
-``chalice local`` command.
+deployed stages' gateway responses must be configured to match), turns off Nagle's
+algorithm on its connections (below), then runs the unchanged ``chalice local`` command.
 
 Run: ``python -m devstack.api_server --stage local --port 8000`` (what ``make run`` does).
 """
@@ -53,11 +53,23 @@ def _send_error_response(self: local.ChaliceRequestHandler, error: local.LocalGa
     self._send_http_response(status, headers, body)
 
 
+def patch_local_server() -> None:
+    """The error shape for the gateway's own errors, and ``TCP_NODELAY`` on every connection.
+
+    ``chalice local`` writes an answer's headers and its body in two sends. With Nagle's
+    algorithm on, the body waits for the client to acknowledge the headers, which a client on
+    a kept-alive connection delays (about 40 ms on Linux): every request took 40 ms more than
+    its work (``GET /health``: 48 ms with Nagle, 3 ms without; ``make bench``).
+    """
+    local.ChaliceRequestHandler._send_error_response = _send_error_response
+    local.ChaliceRequestHandler.disable_nagle_algorithm = True
+
+
 def main(argv: list[str]) -> int:
     from devstack.faults import install
 
     install("api")  # only when DDB_FAULTS is set (make soak)
-    local.ChaliceRequestHandler._send_error_response = _send_error_response
+    patch_local_server()
     return cli.main(args=["local", "--no-autoreload", *argv], prog_name="chalice", obj={}, standalone_mode=True)
 
 

@@ -221,9 +221,9 @@ class BenchStack:
         server.app_object.register_middleware(self._middleware, "http")
         from chalice import local
 
-        from devstack.api_server import _send_error_response
+        from devstack.api_server import patch_local_server
 
-        local.ChaliceRequestHandler._send_error_response = _send_error_response  # the error shape, as make run
+        patch_local_server()  # the error shape and no Nagle delay, as make run
         from chalicelib.observability import logger
 
         # the bench's output is its table: no line per request from chalice local or the app

@@ -374,3 +374,37 @@ def test_gateway_error_does_not_mutate_the_exception_headers() -> None:
     gateway_error(error)
 
     assert original == GATEWAY_HEADERS
+
+
+def test_the_local_server_sends_its_answers_without_nagles_delay(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+    import threading
+    import urllib.request
+
+    from chalice import local
+    from chalice.config import Config
+
+    from devstack.api_server import patch_local_server
+
+    # GIVEN chalice local as make run patches it (restored afterwards)
+    monkeypatch.setattr(
+        local.ChaliceRequestHandler, "_send_error_response", local.ChaliceRequestHandler._send_error_response
+    )
+    monkeypatch.setattr(local.ChaliceRequestHandler, "disable_nagle_algorithm", False)
+    patch_local_server()
+    nodelay: list[int] = []
+
+    class Recording(local.ChaliceRequestHandler):
+        def setup(self) -> None:
+            super().setup()
+            nodelay.append(self.connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    app = Chalice("nagle")
+    app.route("/ping")(lambda: {"ok": True})
+    server = local.LocalDevServer(app, Config(), "127.0.0.1", 0, handler_cls=Recording)
+    threading.Thread(target=server.handle_single_request, daemon=True).start()
+    # WHEN a client asks
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.server.server_address[1]}/ping", timeout=10) as answer:
+        assert json.loads(answer.read()) == {"ok": True}
+    # THEN its connection had TCP_NODELAY: the body never waits for the client's delayed ACK of the headers
+    assert nodelay and nodelay[0] != 0
