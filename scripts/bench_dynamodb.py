@@ -6,7 +6,7 @@ All against one DynamoDB Local in memory and the API served in this process
 - **calls per operation**: one complete flow, each step's DynamoDB calls counted by a
   botocore hook, next to the fewest the design needs (``DESIGN_MINIMUM``);
 - **throughput**: complete flows one after another, against the rate DynamoDB Local itself
-  allows for the same call mix (each kind of call timed alone on a scratch table);
+  allows for the same call mix (the flows' own requests replayed alone: ``bench_replay``);
 - **sweeps**: the expiry job (which refunds) and the payout job with 100 due items among
   1,000 and then 100,000 others, items read per run and time;
 - **callbacks**: server-side milliseconds from a provider callback's arrival to its answer.
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import statistics
 import threading
 import time
 import uuid
@@ -27,6 +26,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from scripts import bench_flows as flows
+from scripts.bench_replay import Replay, replay
 from scripts.bench_stack import PROVIDER_SUFFIX, BenchStack, labelled
 
 if TYPE_CHECKING:
@@ -90,7 +90,8 @@ class Throughput:
     flows: int
     seconds: float
     calls_per_flow: dict[str, float]
-    raw_ms: dict[str, float]
+    raw: Replay
+    """The same requests replayed alone (``bench_replay``)."""
 
     @property
     def achieved(self) -> float:
@@ -98,118 +99,29 @@ class Throughput:
 
     @property
     def allowed(self) -> float:
-        """Flows/s that DynamoDB Local alone allows for this call mix (every call at its raw time)."""
-        ms = sum(count * self.raw_ms[op] for op, count in self.calls_per_flow.items())
-        return 1000 / ms
+        """Flows/s that DynamoDB Local alone allows for this call mix: the flows' requests at their replayed time."""
+        return self.flows / self.raw.seconds
 
 
 def throughput(stack: BenchStack, count: int, people: flows.Population) -> Throughput:
-    """``count`` complete flows one after another (after two to warm up), then the raw rate of the same mix."""
+    """``count`` complete flows one after another (after two to warm up), then their requests replayed alone."""
     pairs = [(people.patients[n % len(people.patients)], people.doctors[n % len(people.doctors)]) for n in range(count)]
     for patient, doctor in pairs[:2]:
         flows.complete_flow(patient, doctor, people.hospital_id)
     before = stack.counter.snapshot()
+    stack.recording.on = True
     started = time.perf_counter()
     for patient, doctor in pairs:
         flows.complete_flow(patient, doctor, people.hospital_id)
     seconds = time.perf_counter() - started
+    stack.recording.on = False
     total: collections.Counter[str] = collections.Counter()
     for ops in _diff(stack.counter.snapshot(), before).values():
         total.update(ops)
     per_flow = {op: calls / count for op, calls in total.items() if calls}
-    sizes = stack.counter.transaction_items
-    transaction_size = round(sum(size * n for size, n in sizes.items()) / max(1, sum(sizes.values())))
-    return Throughput(count, seconds, per_flow, raw_call_ms(set(per_flow), transaction_size))
-
-
-def raw_call_ms(kinds: set[str], transaction_size: int, repeat: int = 300) -> dict[str, float]:
-    """Median milliseconds of each kind of call, made alone with a bare client on a scratch table
-    (transactions of ``transaction_size`` items: all puts but one update, as a posting's are)."""
-    import boto3
-
-    client = boto3.client("dynamodb")
-    table = f"bench-raw-{uuid.uuid4().hex[:8]}"
-    keys = [("pk", "HASH"), ("sk", "RANGE")]
-    indexes = {"one": [("g1", "HASH"), ("r1", "RANGE")], "two": [("g2", "HASH"), ("r2", "RANGE")]}
-    client.create_table(  # keys, two indexes and item sizes like the Invitations and Ledger tables
-        TableName=table,
-        KeySchema=[{"AttributeName": name, "KeyType": kind} for name, kind in keys],
-        AttributeDefinitions=[
-            {"AttributeName": name, "AttributeType": "S"}
-            for name, _ in keys + [part for parts in indexes.values() for part in parts]
-        ],
-        GlobalSecondaryIndexes=[
-            {
-                "IndexName": index,
-                "KeySchema": [{"AttributeName": name, "KeyType": kind} for name, kind in parts],
-                "Projection": {"ProjectionType": "ALL"},
-            }
-            for index, parts in indexes.items()
-        ],
-        BillingMode="PAY_PER_REQUEST",
-    )
-    payload = {"S": "x" * 600}  # about an invitation's size
-
-    def item(n: int) -> dict[str, Any]:
-        item = {"pk": {"S": f"P#{n % 50}"}, "sk": {"S": f"S#{n}"}, "data": payload, "n": {"N": "1"}}
-        for name in ("g1", "r1", "g2", "r2"):
-            item[name] = {"S": f"{name}#{n % 7}"}
-        return item
-
-    calls = {
-        "PutItem": lambda n: client.put_item(
-            TableName=table, Item=item(20_000_000 + n), ConditionExpression="attribute_not_exists(pk)"
-        ),
-        "GetItem": lambda n: client.get_item(TableName=table, Key=_key(n), ConsistentRead=True),
-        "UpdateItem": lambda n: client.update_item(
-            TableName=table, Key=_key(n), UpdateExpression="ADD n :one", ExpressionAttributeValues={":one": {"N": "1"}}
-        ),
-        "Query": lambda n: client.query(
-            TableName=table,
-            KeyConditionExpression="pk = :pk",
-            ExpressionAttributeValues={":pk": {"S": f"P#{n % 50}"}},
-            Limit=3,
-        ),
-        "TransactWriteItems": lambda n: client.transact_write_items(
-            TransactItems=[
-                {"Put": {"TableName": table, "Item": item(10_000_000 + n * 100 + part)}}
-                for part in range(max(0, transaction_size - 1))
-            ]
-            + [
-                {
-                    "Update": {
-                        "TableName": table,
-                        "Key": _key(n),
-                        "UpdateExpression": "ADD n :one",
-                        "ExpressionAttributeValues": {":one": {"N": "1"}},
-                    }
-                }
-            ]
-        ),
-        "DeleteItem": lambda n: client.delete_item(TableName=table, Key=_key(5_000_000 + n)),
-        "BatchGetItem": lambda n: client.batch_get_item(
-            RequestItems={table: {"Keys": [_key(n), _key(n + 1)], "ConsistentRead": True}}
-        ),
-    }
-    for n in range(repeat):  # the rows the reads and updates find
-        client.put_item(TableName=table, Item=item(n))
-    result: dict[str, float] = {}
-    for kind in sorted(kinds):
-        call = calls.get(kind)
-        if call is None:
-            raise RuntimeError(f"the bench has no raw reference for {kind}: add one")
-        times = []
-        for n in range(repeat):
-            started = time.perf_counter()
-            call(n)
-            times.append((time.perf_counter() - started) * 1000)
-        result[kind] = statistics.median(times)
-    client.delete_table(TableName=table)
-    return result
-
-
-def _key(n: int) -> dict[str, Any]:
-    return {"pk": {"S": f"P#{n % 50}"}, "sk": {"S": f"S#{n}"}}
+    recorded = stack.recording.calls
+    stack.recording.calls = []
+    return Throughput(count, seconds, per_flow, replay(recorded, stack.bare_client()))
 
 
 @dataclass

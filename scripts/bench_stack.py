@@ -6,7 +6,8 @@ server in a thread of its own process and adds, for the bench only,
 
 - a botocore hook on every DynamoDB client (PynamoDB's and the idempotency layer's) that
   counts calls by operation and by the API route being served (a thread-local label),
-  and the items each read returns;
+  and the items each read returns, and another that can record each request
+  (``bench_replay``: the throughput figure's raw reference);
 - a Chalice middleware that labels each request with its route, times it, and lets a
   request move its own clock forward (``X-Bench-Clock-Offset``: seconds), so a flow can
   reach an operation's scheduled time without waiting for it. Only this process's copy of
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import json
 import os
 import sys
 import threading
@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from scripts.bench_replay import Recording
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -76,8 +78,6 @@ class Counter:
     items_read: collections.Counter[str] = field(default_factory=collections.Counter)
     index_reads: collections.Counter[str] = field(default_factory=collections.Counter)
     """Items read through secondary indexes (a job's selection of due work)."""
-    transaction_items: collections.Counter[int] = field(default_factory=collections.Counter)
-    """How many items each ``TransactWriteItems`` carried (the raw reference uses the same size)."""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def before_call(self, model: Any, params: Any, context: dict[str, Any], **_: Any) -> None:
@@ -90,8 +90,6 @@ class Counter:
         context["bench_index"] = '"IndexName"' in text
         with self._lock:
             self.calls[label][model.name] += 1
-            if model.name == "TransactWriteItems":
-                self.transaction_items[len(json.loads(text).get("TransactItems", []))] += 1
 
     def after_call(self, model: Any, parsed: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
         if model.name not in READS:
@@ -137,8 +135,9 @@ class RouteTimes:
             self.times.clear()
 
 
-def _install_counter(counter: Counter) -> None:
-    """Register the counter on every botocore client made from now on (PynamoDB makes its own on first use)."""
+def _install_counter(counter: Counter, recording: Recording) -> None:
+    """Register the counter and the recording on every botocore client made from now on (PynamoDB makes
+    its own on first use)."""
     import botocore.session
 
     original = botocore.session.Session.create_client
@@ -148,6 +147,7 @@ def _install_counter(counter: Counter) -> None:
         if service_name == "dynamodb":
             client.meta.events.register("before-call.dynamodb", counter.before_call)
             client.meta.events.register("after-call.dynamodb", counter.after_call)
+            client.meta.events.register("before-parameter-build.dynamodb", recording.before_parameter_build)
         return client
 
     botocore.session.Session.create_client = create_client  # type: ignore[method-assign]
@@ -180,6 +180,7 @@ class BenchStack:
     def __init__(self, **settings: str) -> None:
         self.settings = settings
         self.counter = Counter()
+        self.recording = Recording()
         self.route_times = RouteTimes()
         self.url = ""
         self.ddb_port = 0
@@ -201,7 +202,7 @@ class BenchStack:
         os.environ["SANDBOX_CALLBACK_URL"] = sandbox_callback_url(api_port)
         os.environ["POWERTOOLS_METRICS_DISABLED"] = "true"  # no metric lines in the bench's table
         os.environ.update(self.settings)
-        _install_counter(self.counter)
+        _install_counter(self.counter, self.recording)
         create_tables("local", self.ddb_port)
         self._server = self._serve(HOST, api_port)
         self.url = f"http://{HOST}:{api_port}"
@@ -243,6 +244,16 @@ class BenchStack:
         finally:
             self.route_times.add(label, (time.perf_counter() - started) * 1000)
             _local.label, _local.offset = None, 0.0
+
+    def bare_client(self) -> Any:
+        """A DynamoDB client of DynamoDB Local without the bench's hooks (the raw reference's)."""
+        import boto3
+
+        client = boto3.client("dynamodb")
+        client.meta.events.unregister("before-call.dynamodb", self.counter.before_call)
+        client.meta.events.unregister("after-call.dynamodb", self.counter.after_call)
+        client.meta.events.unregister("before-parameter-build.dynamodb", self.recording.before_parameter_build)
+        return client
 
     def __exit__(self, *_: object) -> None:
         if self._server is not None:
