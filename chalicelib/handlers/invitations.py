@@ -60,16 +60,24 @@ def read_invitation(invitation_id: str) -> dict[str, Any]:
 
 
 def _once_then_view(scope: str, run: Any) -> Response:
-    """``once``, storing only the invitation's id and status for replays (never its health data or the
-    requester's phone), and answering with the invitation as it is now."""
+    """``once``, storing only the invitation's id, status and doctor's name for replays (never its health
+    data or the requester's phone), and answering with the invitation as it is now: the view the work
+    just made, or, for a replay, the invitation read afresh."""
     from chalicelib.invitations import service
+
+    made: dict[str, Any] = {}
 
     def remembered() -> tuple[int, dict[str, Any]]:
         status, body = run()
-        return status, {"invitation_id": body["invitation_id"], "status": body["status"]}
+        made.update(body)
+        return status, {name: body[name] for name in ("invitation_id", "status", "doctor_name") if name in body}
 
     answer = once(bp, scope, remembered)
+    if made:
+        return Response(body=made, status_code=answer.status_code)
     current = service.read(answer.body["invitation_id"], current_principal())
+    if "doctor_name" in answer.body:
+        current["doctor_name"] = answer.body["doctor_name"]
     return Response(body=current, status_code=answer.status_code)
 
 

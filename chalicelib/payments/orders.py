@@ -20,7 +20,6 @@ Example
 
 from __future__ import annotations
 
-import contextlib
 from contextvars import ContextVar
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -303,7 +302,7 @@ def create_at_provider(
             "支付服务暂不可用，请重试",
             {"order_id": order.order_id},
         ) from None
-    with contextlib.suppress(UpdateError):  # paid or closed meanwhile: the view shows its state
+    try:  # the update leaves ``order`` as stored (DynamoDB's answer carries the whole item)
         order.update(
             actions=[
                 PaymentOrder.client_params.set(intent.client_params),
@@ -313,7 +312,9 @@ def create_at_provider(
             ],
             condition=PaymentOrder.status == "pending",
         )
-    return get(order.order_id) or order
+    except UpdateError:  # paid or closed meanwhile: the view shows its state
+        return get(order.order_id) or order
+    return order
 
 
 def close_actions(order: PaymentOrder, now: datetime) -> list[Any]:

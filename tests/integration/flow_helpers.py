@@ -406,6 +406,21 @@ def make_people(admin: Principal, *, capacity: int = 5, days_ahead: int = 3, fee
     return People(doctor, patient, admin, hospital_id, day)
 
 
+def invitation_json(people: People, summary: AnesthesiaSummary = SUMMARY) -> dict[str, Any]:
+    """The body of ``POST /v1/invitations`` from the patient to the doctor on the doctor's working day."""
+    import msgspec
+
+    return {
+        "kind": "invitation",
+        "doctor_id": people.doctor.user_id,
+        "hospital_id": people.hospital_id,
+        "date": people.day.isoformat(),
+        "time": "09:00",
+        "operation": {"procedure": "Laparoscopic cholecystectomy", "expected_minutes": 90},
+        "summary": msgspec.to_builtins(summary),
+    }
+
+
 def invite(people: People, now: datetime | None = None) -> str:
     """A new invitation from the patient to the doctor on the doctor's working day; its id."""
     request = InvitationRequest(

@@ -33,6 +33,7 @@ from tests.integration.flow_helpers import (
     expect_moved,
     http,
     invitation,
+    invitation_json,
     invite,
     later,
     make_people,
@@ -256,6 +257,26 @@ def test_opening_a_payment_twice_with_one_key_replays_the_first_answer(
     # AND the same key with another body is refused
     other = http(api, "POST", "/v1/payments", people.patient, {**body, "scene": "jsapi_oa"}, key=key)
     assert (other.status_code, error_code(other)) == (409, "idempotency_key_reused")
+
+
+def test_inviting_twice_with_one_key_answers_the_same_invitation_with_the_doctors_name(
+    api: Any, people: People, provider: FakeProvider
+) -> None:
+    # GIVEN an invitation request for the doctor's working day
+    body = invitation_json(people)
+    key = f"inv-{uuid.uuid4().hex}"
+
+    # WHEN the patient's app sends it twice with one key
+    first = http(api, "POST", "/v1/invitations", people.patient, body, key=key)
+    second = http(api, "POST", "/v1/invitations", people.patient, body, key=key)
+
+    # THEN the first answer is the new invitation with its doctor's name, and the retry gets the same answer
+    assert first.status_code == 201, first.json_body
+    assert first.json_body["status"] == "awaiting_payment"
+    assert first.json_body["doctor_name"] == "Dr Zhou"
+    assert (second.status_code, second.json_body) == (201, first.json_body)
+    # AND one invitation was made
+    assert Invitation.by_requester.count(f"REQUESTER#{people.patient.user_id}") == 1
 
 
 def test_accepting_twice_with_one_key_replays_the_answer_and_posts_once(

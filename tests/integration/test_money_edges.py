@@ -7,6 +7,7 @@ import json
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import pytest
 
 from chalicelib.clock import utc_now
@@ -17,8 +18,10 @@ from chalicelib.ledger import accounts
 from chalicelib.ledger.journal import balance
 from chalicelib.payments import refunds
 from tests.integration.flow_helpers import (
+    SUMMARY,
     http,
     invitation,
+    invitation_json,
     paid_invitation,
     refund_order,
 )
@@ -80,26 +83,7 @@ def test_the_idempotency_record_of_a_create_holds_no_plaintext_health_data(
     api: Any, people: People, provider: FakeProvider, ddb: Any
 ) -> None:
     # GIVEN an invitation created over HTTP with an Idempotency-Key; its summary lists an allergy
-    body = {
-        "kind": "invitation",
-        "doctor_id": people.doctor.user_id,
-        "hospital_id": people.hospital_id,
-        "date": people.day.isoformat(),
-        "time": "09:00",
-        "operation": {"procedure": "Laparoscopic cholecystectomy", "expected_minutes": 90},
-        "summary": {
-            "asa_class": "II",
-            "emergency": False,
-            "airway": {"mallampati": 2},
-            "fasting": "fasted",
-            "anticoagulants": [],
-            "allergies": ["zz-unique-allergen-7731"],
-            "latex_allergy": False,
-            "malignant_hyperthermia_family_history": "no",
-            "age_years": 58,
-            "weight_kg": 71.5,
-        },
-    }
+    body = invitation_json(people, msgspec.structs.replace(SUMMARY, allergies=["zz-unique-allergen-7731"]))
     response = http(api, "POST", "/v1/invitations", people.patient, body, key="create-health-0001")
     assert response.status_code == 201, response.json_body
 

@@ -83,6 +83,27 @@ def test_opening_again_repeats_the_first_payer_address_and_dates_the_new_paramet
     assert (second.client_params.as_dict(), second.client_params_at) == ({"h5_url": "https://wx.example/2"}, iso(later))
 
 
+def test_an_order_paid_while_the_provider_was_opening_it_is_answered_as_stored(aws: None) -> None:
+    from chalicelib.payments.provider import PaymentIntent, PaymentRequest
+
+    # GIVEN a pending order as the request read it, and the same order paid meanwhile (its callback won)
+    read = _order("alipay", "h5", None)
+    read.order_id, read.purpose, read.reference, read.payer_id = "PI-alipay", "invitation", "inv-1", "u-1"
+    read.amount_fen, read.expires_at, read.created_at, read.updated_at = 50_000, iso(NOW), iso(NOW), iso(NOW)
+    read.save()
+    PaymentOrder.get("ORDER#PI-alipay", "ORDER").update(actions=[PaymentOrder.status.set("succeeded")])
+
+    class Provider:
+        def create_payment(self, request: PaymentRequest) -> PaymentIntent:
+            return PaymentIntent("trade-1", {"url": "https://alipay.example/pay"})
+
+    # WHEN the provider's parameters come back
+    answered = orders.create_at_provider(Provider(), read, "invitation", None, NOW)  # type: ignore[arg-type]
+
+    # THEN the order is answered as stored: paid, without parameters to pay again
+    assert (answered.status, answered.client_params) == ("succeeded", None)
+
+
 @pytest.mark.parametrize(
     ("channel", "scene", "openid", "app_appid", "code"),
     [
