@@ -1,11 +1,11 @@
 """Firing a transition: one conditional write on the expected status, with its effects, at once.
 
-``fire`` plans the transition with ``machine.plan`` (who may, from which status), then
+``move`` plans the transition with ``machine.plan`` (who may, from which status), then
 writes in ONE ``TransactWriteItems``: the invitation's new status and history entry
 (condition: the status it read), the caller's other actions (capacity, orders, notices,
 counters) and, when money moves, the ledger posting. If another request changed the
 invitation first, nothing is written and the caller gets 409 ``invalid_transition`` with
-the status it now has.
+the status it now has. ``fire`` does the same and reads the invitation back.
 
 Example
 -------
@@ -65,7 +65,7 @@ def plan_or_raise(invitation: Invitation, name: str, actor: str) -> None:
     plan(name, status=invitation.status, actor=actor)
 
 
-def fire(
+def move(
     invitation: Invitation,
     name: str,
     *,
@@ -78,8 +78,8 @@ def fire(
     posting: Posting | None = None,
     refusals: Callable[[list[str]], ApiError | None] | None = None,
     require: Any = None,
-) -> Invitation:
-    """Move ``invitation`` by the transition ``name``; return it as stored afterwards.
+) -> None:
+    """Move ``invitation`` by the transition ``name`` (for a caller that needs nothing back: see ``fire``).
 
     ``actions`` are further PynamoDB update actions on the invitation; ``batch`` holds the
     transition's other writes, named; ``refusals`` turns the names of those whose
@@ -119,4 +119,13 @@ def fire(
         if refused is not None:
             raise refused from None
         raise busy() from None
+
+
+def fire(invitation: Invitation, name: str, **transition: Any) -> Invitation:
+    """``move``, then the invitation as stored afterwards (a transaction returns nothing: one read).
+
+    >>> fire(invitation, "accept", actor=DOCTOR, actor_id="d1", now=now, batch=batch)  # doctest: +SKIP
+    Invitation(status='accepted', ...)
+    """
+    move(invitation, name, **transition)
     return load(invitation.invitation_id)

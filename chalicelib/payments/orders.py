@@ -347,7 +347,7 @@ def close(order: PaymentOrder, now: datetime) -> str:
             return "applied"
         invitation = engine.load(order.reference)
         if invitation.status == AWAITING_PAYMENT:
-            engine.fire(
+            engine.move(
                 invitation,
                 "lapse_unpaid",
                 actor=SYSTEM,

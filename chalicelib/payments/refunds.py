@@ -196,7 +196,7 @@ def _settle(refund: RefundOrder, provider_ref: str | None, now: datetime, seen: 
         payer=refund.payer_id,
     )
     try:
-        engine.fire(invitation, "refund", actor=SYSTEM, actor_id=None, now=now, batch=batch, posting=posting)
+        engine.move(invitation, "refund", actor=SYSTEM, actor_id=None, now=now, batch=batch, posting=posting)
     except (ApiError, TransactionCancelledError):
         latest = get(refund.refund_no)
         if latest is not None and latest.status == "succeeded":
@@ -222,7 +222,7 @@ def _processing(refund: RefundOrder, provider_ref: str | None, now: datetime) ->
     invitation = engine.load(refund.reference)
     try:
         if invitation.status in (DECLINED, EXPIRED, CANCELLED, NOT_DELIVERED):
-            engine.fire(invitation, "start_refund", actor=SYSTEM, actor_id=None, now=now, batch=batch)
+            engine.move(invitation, "start_refund", actor=SYSTEM, actor_id=None, now=now, batch=batch)
         else:
             batch.commit(RefundOrder._get_connection().connection)
     except (ApiError, TransactionCancelledError):

@@ -203,7 +203,7 @@ def _invitation_paid(order: PaymentOrder, batch: Batch, now: datetime) -> str:
         logger.error("payment for an invitation that cannot take it", extra={"order_id": order.order_id})
         return "ignored"
     try:
-        engine.fire(
+        engine.move(
             invitation, name, actor=SYSTEM, actor_id=None, now=now, actions=actions, batch=batch, posting=posting
         )
     except ApiError:  # the transaction was cancelled: a repeat (seen, or the order moved) or a race

@@ -356,7 +356,7 @@ def _refund_not_delivered(admin: Principal, invitation: Invitation, reason: str,
     # never delivered: the unit of the day that accepting booked is given back
     booked_actions = give_back_day(batch, invitation) if invitation.status == ACCEPTED else []
     try:
-        engine.fire(
+        engine.move(
             invitation,
             "refund_not_delivered",
             actor=ADMIN,
