@@ -132,7 +132,7 @@ def data_plane(flow_count: int, due: int, sizes: tuple[int, ...]) -> bool:
     if measured.raw.failed:
         raw += "; refused on replay: " + ", ".join(f"{op} {n}" for op, n in sorted(measured.raw.failed.items()))
     ok &= _row(
-        f"complete flows, one after another ({measured.flows}; calls per flow: {mix})",
+        f"complete flows, one after another ({measured.flows}, after as many to warm up; calls per flow: {mix})",
         f"{measured.achieved:.2f} flows/s",
         f"the same requests replayed alone allow {measured.allowed:.2f} flows/s (median {raw})",
         f"{ratio:.2f}",
@@ -184,7 +184,7 @@ def data_plane(flow_count: int, due: int, sizes: tuple[int, ...]) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Measure the project's figures.")
     parser.add_argument("--runs", type=int, default=15, help="processes per cold-start median (at least 9)")
-    parser.add_argument("--flows", type=int, default=40, help="complete flows for the throughput figure")
+    parser.add_argument("--flows", type=int, default=40, help="complete flows measured (after as many to warm up)")
     parser.add_argument("--due", type=int, default=100, help="due items per sweep")
     parser.add_argument("--sizes", default="1000,100000", help="other items per sweep, smallest first")
     parser.add_argument("--skip-package", action="store_true", help="leave out the artefact size (chalice package)")
