@@ -17,7 +17,9 @@ passes only if: no 5xx answer (to the clients or to a sandbox callback); ``check
 passes; every sandbox payment, refund and payout is in the journal exactly once with its
 amount, and the journal holds nothing the sandbox did not do; no invitation is stuck (each is
 final or legitimately waiting); ``recompute-stars`` finds no difference; replays of one
-``Idempotency-Key`` got the same answer; the hot doctors had at least 20 % of the requests.
+``Idempotency-Key`` got the same answer, and so did up to 1,000 successful POSTs resent with
+their keys once the flows are done (creating nothing); the hot doctors had at least 20 % of
+the requests.
 
 Run: ``python -m devstack.soak --clients 20 --seconds 300`` (starts its own in-memory stack
 on free ports), or ``--url http://127.0.0.1:8000 --ddb-port 8001`` against a running
@@ -186,6 +188,18 @@ class Answer:
         return 200 <= self.status < 300
 
 
+@dataclass
+class Sent:
+    """A POST that succeeded with an ``Idempotency-Key``: a late retry of it must get the same answer."""
+
+    method: str
+    path: str
+    user: User | None
+    body: Any
+    key: str
+    answer: Answer
+
+
 class Api:
     """The clients' HTTP: records every request, retries what a real client retries, duplicates POSTs."""
 
@@ -196,6 +210,7 @@ class Api:
         self._random = random.Random(seed)
         self._random_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="soak-dup")
+        self.sent: list[Sent] = []
 
     def _session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
@@ -270,6 +285,9 @@ class Api:
         if duplicate:
             self.figures.count("duplicates", "sequential")
             self._compare(method, path, answer, self._retrying(method, path, user, body, params, key, hot, attempts))
+        if key and answer.ok:
+            with self._random_lock:
+                self.sent.append(Sent(method, path, user, body, key, answer))
         return answer
 
     def _retrying(
@@ -981,6 +999,65 @@ def _run_catch_up(ddb_port: int, url: str, ahead_seconds: int) -> int:
     return 0
 
 
+REPLAY_LIMIT = 1000
+"""How many earlier successful POSTs the late replay resends (all of them when fewer)."""
+CREATED_BY_POSTS = ("invitation", "payment_order", "payout_order")
+"""Item types only a client's POST creates (no job does): a replay must add none."""
+
+
+def _created_by_posts(client: Any, prefix: str) -> Counter[str]:
+    items = _scan(client, f"{prefix}-invitations") + _scan(client, f"{prefix}-ledger")
+    return Counter(str(item["type"]) for item in items if item.get("type") in CREATED_BY_POSTS)
+
+
+def same_answer(path: str, first: Answer, again: Answer) -> bool:
+    """Whether a late replay got the first answer: the same status and body, or, for an invitation's
+    POSTs (which answer with the invitation as it is now), the same status and invitation.
+
+    >>> paid = Answer(201, {"withdrawal_id": "W1"}, None)
+    >>> same_answer("/v1/withdrawals", paid, Answer(201, {"withdrawal_id": "W1"}, None))
+    True
+    >>> same_answer("/v1/invitations/IV1/accept", Answer(200, {"invitation_id": "IV1", "status": "accepted"}, None),
+    ...             Answer(200, {"invitation_id": "IV1", "status": "completed"}, None))
+    True
+    >>> same_answer("/v1/payments", Answer(201, {"order_id": "P1"}, None), Answer(201, {"order_id": "P2"}, None))
+    False
+    """
+    if again.status != first.status:
+        return False
+    if path.startswith("/v1/invitations"):
+        return isinstance(again.body, dict) and again.body.get("invitation_id") == first.body.get("invitation_id")
+    return bool(again.body == first.body)
+
+
+def replay_late(api: Api, ddb_port: int, seed: int, limit: int = REPLAY_LIMIT) -> list[str]:
+    """Resend up to ``limit`` POSTs that succeeded during the run, with their keys, after the flows are done.
+
+    Each must get its first answer again: the same status and, for payments and withdrawals, the
+    same body; an invitation's transitions answer with the invitation as it is now, so theirs must
+    name the same invitation. And nothing may be created: no invitation, payment order or payout.
+    """
+    client = _dynamodb(ddb_port)
+    prefix = _table_prefix()
+    sent = random.Random(seed).sample(api.sent, min(limit, len(api.sent)))
+    before = _created_by_posts(client, prefix)
+    violations: list[str] = []
+    for earlier in sent:
+        again = api._retrying(earlier.method, earlier.path, earlier.user, earlier.body, None, earlier.key, False, 12)
+        first = earlier.answer
+        same = same_answer(earlier.path, first, again)
+        api.figures.count("duplicates", "late replays" if same else "late replays answered otherwise")
+        if not same:
+            violations.append(
+                f"late replay: {earlier.method} {_route(earlier.path)} answered {again.status} {again.code or ''}, "
+                f"first {first.status}"
+            )
+    after = _created_by_posts(client, prefix)
+    if after != before:
+        violations.append(f"late replays created items: before {dict(before)}, after {dict(after)}")
+    return violations
+
+
 def check(
     ddb_port: int, url: str, figures: Figures, log_path: Path | None, settle_seconds: float
 ) -> tuple[list[str], dict]:
@@ -1143,8 +1220,11 @@ def run_soak(
         out(f"soak: {setup_requests} requests of set-up; {clients} clients for {seconds:.0f} s")
         scheduler = Scheduler(Flows(api, people, figures, seed + 1), figures, seconds, drain_seconds)
         scheduler.run(clients)
-        out("soak: flows done; letting the pump settle, then checking")
+        out(f"soak: flows done; replaying up to {REPLAY_LIMIT} of the {len(api.sent)} successful POSTs late")
+        replayed = replay_late(api, ddb_port, seed)
+        out("soak: letting the pump settle, then checking")
         violations, money = check(ddb_port, url, figures, log_path, settle_seconds)
+        violations = replayed + violations
         faults_seen = read_reports(faults_dir) if faults_dir else {"calls": 0, "faults": {}, "processes": 0}
     finally:
         if stack is not None:
