@@ -39,6 +39,19 @@ from devstack.soak import Answer, same_answer
             Answer(200, {"invitation_id": "IV1"}, None),
             False,
         ),
+        # a review has no stored answer: the same review again is 200 with the same body
+        (
+            "/v1/invitations/IV1/review",
+            Answer(201, {"invitation_id": "IV1", "rating": 5}, None),
+            Answer(200, {"invitation_id": "IV1", "rating": 5}, None),
+            True,
+        ),
+        (
+            "/v1/invitations/IV1/review",
+            Answer(201, {"invitation_id": "IV1", "rating": 5}, None),
+            Answer(201, {"invitation_id": "IV1", "rating": 5}, None),
+            False,
+        ),
     ],
 )
 def test_a_late_replay_must_get_the_first_answer(path: str, first: Answer, again: Answer, same: bool) -> None:
