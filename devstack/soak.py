@@ -280,11 +280,12 @@ class Api:
             twin = self._pool.submit(self._retrying, method, path, user, body, params, key, hot, attempts)
             answer = self._retrying(method, path, user, body, params, key, hot, attempts)
             self._compare(method, path, answer, twin.result())
-            return answer
-        answer = self._retrying(method, path, user, body, params, key, hot, attempts)
-        if duplicate:
-            self.figures.count("duplicates", "sequential")
-            self._compare(method, path, answer, self._retrying(method, path, user, body, params, key, hot, attempts))
+        else:
+            answer = self._retrying(method, path, user, body, params, key, hot, attempts)
+            if duplicate:
+                self.figures.count("duplicates", "sequential")
+                again = self._retrying(method, path, user, body, params, key, hot, attempts)
+                self._compare(method, path, answer, again)
         if key and answer.ok:
             with self._random_lock:
                 self.sent.append(Sent(method, path, user, body, key, answer))
